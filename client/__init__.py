@@ -1,0 +1,1 @@
+"""Torch-free gRPC client for a ProST Triton deployment (installed as `prost_client`)."""

@@ -1,0 +1,36 @@
+"""Public model and tensor names of the ProST Triton deployment; every other module imports them from here."""
+
+# Composing models.
+TOKENIZER_MODEL = "prost_tokenizer"
+TEXT_MODEL = "prost_text"
+VIDEO_MODEL = "prost_video"
+SIMILARITY_MODEL = "prost_similarity"
+VIDEO_DECODE_MODEL = "prost_video_decode"
+GALLERY_MODEL = "prost_gallery"
+
+# Ensembles.
+TEXT_SEARCH_MODEL = "prost_text_search"
+ENCODE_VIDEO_MODEL = "prost_encode_video"
+SCORE_MODEL = "prost_score"
+
+# Graph tensors: identical in ONNX, TensorRT and config.pbtxt.
+FRAMES = "FRAMES"  # float32 [B, L, 3, H, W], CLIP-normalised
+TOKEN_IDS = "TOKEN_IDS"  # int32 [B, W]
+OBJECT_PROTOTYPES = "OBJECT_PROTOTYPES"  # float32 [B, L, No, D], L2-normalised
+EVENT_PROTOTYPES = "EVENT_PROTOTYPES"  # float32 [B, Ne, D], L2-normalised
+PHRASE_PROTOTYPES = "PHRASE_PROTOTYPES"  # float32 [B, Np, D], L2-normalised
+SENTENCE_EMBEDDING = "SENTENCE_EMBEDDING"  # float32 [B, D], L2-normalised
+SIMILARITY = "SIMILARITY"  # float32 [T, V]: S_ES + BETA * S_OP
+S_ES = "S_ES"  # float32 [T, V]: event-sentence similarity
+S_OP = "S_OP"  # float32 [T, V]: object-phrase similarity
+BETA = "BETA"  # float32 [1]
+
+# Ensemble inputs and outputs.
+TEXT = "TEXT"  # TYPE_STRING [1] per request item
+TOP_K = "TOP_K"  # int32 [1], optional, default DEFAULT_TOP_K
+VIDEO = "VIDEO"  # TYPE_STRING [1]: the bytes of an encoded video file
+VIDEO_IDS = "VIDEO_IDS"  # TYPE_STRING [K]
+SCORES = "SCORES"  # float32 [K]
+MATCHED_FRAMES = "MATCHED_FRAMES"  # int32 [K, Np]: best frame of each phrase prototype in each result
+
+DEFAULT_TOP_K = 10

@@ -1,0 +1,215 @@
+"""`prost export`: three ONNX graphs (video prototypes, text prototypes, similarity), hygiene checks and a manifest.
+
+Exporter mode is pinned to the TorchScript-based `torch.onnx.export(..., dynamo=False)`, opset 17, whose
+`dynamic_axes` give a dynamic batch dimension and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import platform
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from prost.checkpoint import load_model
+from prost.errors import ExportError
+from prost.model.prost import ProstModel
+from prost.model.similarity import combine, event_sentence, object_phrase
+from prost_export.specs import GraphSpec, graph_specs
+from prost_export.trt_ops import TENSORRT_ONNX_OPS
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+EXPORTER = "torch.onnx.export(dynamo=False)"
+MANIFEST = "manifest.json"
+EXTERNAL_DATA_BYTES = 2_000_000_000  # protobuf's 2 GB limit, with margin
+
+
+class EncoderGraph(nn.Module):
+    """One tower as a graph: "video" (FRAMES -> objects, events) or "text" (TOKEN_IDS -> phrases, sentence)."""
+
+    def __init__(self, model: ProstModel, tower: str) -> None:
+        super().__init__()
+        self.model = model
+        self.tower = tower
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        encode = self.model.encode_video if self.tower == "video" else self.model.encode_text
+        return tuple(encode(x))
+
+
+class SimilarityGraph(nn.Module):
+    """The weight-free similarity: prototypes of T texts and V videos, BETA -> SIMILARITY, S_ES, S_OP [T, V]."""
+
+    def forward(self, phrases, sentence, objects, events, beta) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tuple(combine(event_sentence(sentence, events), object_phrase(phrases, objects), beta))
+
+
+def example_inputs(spec: GraphSpec, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs of a graph's spec with every dynamic dimension set to `batch`."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for t in spec.inputs:
+        shape = tuple(batch if isinstance(d, str) else d for d in t.shape)
+        if t.dtype == "int32":
+            out[t.name] = random_token_ids(rng, shape)
+        elif t.name.endswith("PROTOTYPES") or t.name == "SENTENCE_EMBEDDING":
+            x = rng.standard_normal(shape).astype(np.float32)
+            out[t.name] = x / np.linalg.norm(x, axis=-1, keepdims=True)
+        else:
+            out[t.name] = rng.standard_normal(shape).astype(np.float32)
+    return out
+
+
+def random_token_ids(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Well-formed ids: SOT, random BPE tokens, EOT, zero padding, with varied lengths."""
+    batch, width = shape
+    ids = np.zeros(shape, dtype=np.int32)
+    for row in range(batch):
+        n = int(rng.integers(1, width - 1))
+        ids[row, 0] = 49406
+        ids[row, 1 : n + 1] = rng.integers(1, 49405, n)
+        ids[row, n + 1] = 49407
+    return ids
+
+
+def export_graph(module: nn.Module, spec: GraphSpec, path: Path, opset: int = OPSET) -> Path:
+    """Export one module under a GraphSpec's names and dynamic axes, then check its hygiene."""
+    module.eval()  # a fresh wrapper is in training mode, and the exporter restores that mode on the model after
+    args = tuple(torch.from_numpy(v) for v in example_inputs(spec).values())
+    dynamic_axes = {t.name: t.dynamic_axes for t in (*spec.inputs, *spec.outputs) if t.dynamic_axes}
+    with torch.no_grad():
+        torch.onnx.export(module, args, str(path), input_names=[t.name for t in spec.inputs],
+                          output_names=[t.name for t in spec.outputs], dynamic_axes=dynamic_axes, opset_version=opset,
+                          do_constant_folding=True, dynamo=False)
+    graph = onnx.load(str(path))
+    if graph.ByteSize() > EXTERNAL_DATA_BYTES:
+        onnx.save_model(graph, str(path), save_as_external_data=True, location=f"{path.name}.data")
+    check_graph(path, spec)
+    return path
+
+
+def check_graph(path: Path, spec: GraphSpec) -> None:
+    """onnx.checker (full), every output shape known except dynamic dims, only TensorRT-supported ops."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"{path.name} fails onnx.checker: {exc}") from exc
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(path)), strict_mode=True, data_prop=True).graph
+    for out, tensor in zip(spec.outputs, graph.output):
+        dims = tuple(d.dim_param or d.dim_value for d in tensor.type.tensor_type.shape.dim)
+        if tensor.name != out.name or dims != out.shape:
+            raise ExportError(f"{path.name}: output {tensor.name} has shape {dims}, expected {out.name} {out.shape}")
+    unsupported = sorted({n.op_type for n in graph.node} - TENSORRT_ONNX_OPS)
+    if unsupported:
+        raise ExportError(f"{path.name} uses ops outside TensorRT 10's ONNX support: {', '.join(unsupported)}")
+
+
+def check_frame_mask(path: Path, model: ProstModel) -> None:
+    """The frame decoder's mask must be a folded constant of the graph, equal to the model's."""
+    expected = model.frame_decoder.mask.numpy()
+    graph = onnx.load(str(path), load_external_data=False).graph
+    constants = [*graph.initializer, *(a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute)]
+    for tensor in constants:
+        if tuple(tensor.dims) == expected.shape and np.array_equal(onnx.numpy_helper.to_array(tensor), expected):
+            return
+    raise ExportError(f"{path.name}: the frame-decoder mask {expected.shape} is not a constant of the graph")
+
+
+def export_onnx(model: ProstModel, out_dir: str | Path, *, checkpoint: str | Path | None = None,
+                parity: bool = True) -> Path:
+    """Write video_prototypes.onnx, text_prototypes.onnx, similarity.onnx and manifest.json into `out_dir`.
+
+    With `parity` (the default) the ONNX Runtime outputs are checked against PyTorch on fresh random inputs and
+    the export fails with a report of the worst tensor.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    specs = graph_specs(model.config)
+    modules = {"video_prototypes": EncoderGraph(model, "video"), "text_prototypes": EncoderGraph(model, "text"),
+               "similarity": SimilarityGraph()}
+    for name, spec in specs.items():
+        log.info("exporting %s", spec.onnx_file)
+        export_graph(modules[name], spec, out / spec.onnx_file)
+    check_frame_mask(out / specs["video_prototypes"].onnx_file, model)
+    write_manifest(model, out, specs, checkpoint)
+    if parity:
+        from prost_export.parity import check_random_parity
+
+        report = check_random_parity(model, out)
+        log.info("parity gate passed: %s", report.summary())
+    return out
+
+
+def write_manifest(model: ProstModel, out: Path, specs: dict[str, GraphSpec], checkpoint: str | Path | None) -> None:
+    import onnxruntime
+
+    files = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in sorted(out.iterdir())
+             if p.name != MANIFEST and p.is_file() and not p.name.endswith(".plan")}
+    manifest = {
+        "format": "prost-serve-export/1",
+        "config": model.config.to_dict(),
+        "checkpoint": {"path": str(checkpoint), "sha256": checkpoint_sha256(Path(checkpoint))} if checkpoint else None,
+        "opset": OPSET,
+        "exporter": EXPORTER,
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                     "python": platform.python_version()},
+        "graphs": {name: {"file": s.onnx_file,
+                          "inputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in s.inputs],
+                          "outputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in s.outputs]}
+                   for name, s in specs.items()},
+        "files": files,
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def read_manifest(export_dir: str | Path) -> dict:
+    path = Path(export_dir) / MANIFEST
+    if not path.is_file():
+        raise ExportError(f"{export_dir} is not an export directory (no {MANIFEST}); run `prost export` first")
+    return json.loads(path.read_text())
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_sha256(path: Path) -> str:
+    """sha256 of a checkpoint file, or of our directory's weights file."""
+    return sha256(path / "model.safetensors" if path.is_dir() and (path / "model.safetensors").exists() else path)
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("export", help="export a checkpoint to ONNX graphs with a parity gate")
+    parser.add_argument("--checkpoint", required=True, help="any checkpoint prost.load_model accepts")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--data", help="synthetic or captions.jsonl dataset for the ranking parity gate")
+    parser.add_argument("--split", default="test", help="split of --data used by the ranking gate")
+    parser.add_argument("--max-videos", type=int, default=200, help="videos of --data used by the ranking gate")
+    parser.add_argument("--no-parity", action="store_true", help="skip the parity gate (not recommended)")
+    parser.set_defaults(func=_export_cmd)
+
+
+def _export_cmd(args: argparse.Namespace) -> int:
+    model = load_model(args.checkpoint)
+    out = export_onnx(model, args.out, checkpoint=args.checkpoint, parity=not args.no_parity)
+    if args.data and not args.no_parity:
+        from prost_export.parity import check_dataset_parity
+
+        report = check_dataset_parity(model, out, Path(args.data), args.split, args.max_videos)
+        print(f"ranking gate passed: {report.summary()}")
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,156 @@
+"""Parity gates: exported graphs against PyTorch, per prototype (max abs error, cosine) and by retrieval ranking."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prost.errors import DependencyError, ParityError
+from prost.model.prost import ProstModel
+from prost_export.specs import graph_specs
+
+log = logging.getLogger(__name__)
+
+ATOL = 1e-4  # fp32 gate: max abs error per tensor
+MIN_COSINE = 0.9999  # fp32 gate: cosine per prototype vector
+TOP_K = 10
+
+
+@dataclass(frozen=True)
+class TensorParity:
+    """Agreement of one output tensor."""
+
+    name: str
+    max_abs: float
+    min_cosine: float
+
+
+@dataclass
+class ParityReport:
+    """Per-tensor agreement; `worst` is the tensor furthest from its bound."""
+
+    rows: list[TensorParity] = field(default_factory=list)
+    ranking_queries: int = 0
+
+    def summary(self) -> str:
+        parts = [f"{r.name}: max|d|={r.max_abs:.2e} min cos={r.min_cosine:.6f}" for r in self.rows]
+        if self.ranking_queries:
+            parts.append(f"top-{TOP_K} rankings identical for {self.ranking_queries} queries")
+        return "; ".join(parts)
+
+
+def compare(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], atol: float | None = ATOL,
+            min_cosine: float = MIN_COSINE, report: ParityReport | None = None) -> ParityReport:
+    """Compare tensors by name; raise ParityError naming the worst tensor if any bound fails (atol None = cosine only)."""
+    report = report or ParityReport()
+    failures = []
+    for name, ref in expected.items():
+        got = np.asarray(actual[name], dtype=np.float64)
+        ref = np.asarray(ref, dtype=np.float64)
+        if got.shape != ref.shape:
+            raise ParityError(f"{name}: shape {got.shape} differs from the reference {ref.shape}")
+        max_abs = float(np.abs(got - ref).max()) if ref.size else 0.0
+        row = TensorParity(name, max_abs, _min_cosine(ref, got))
+        report.rows.append(row)
+        if (atol is not None and max_abs > atol) or row.min_cosine < min_cosine:
+            failures.append(row)
+    if failures:
+        worst = max(failures, key=lambda r: (r.max_abs / atol if atol else 0.0) + (1 - r.min_cosine) / (1 - min_cosine))
+        raise ParityError(
+            f"parity gate failed for {len(failures)} tensor(s); worst {worst.name}: max abs error {worst.max_abs:.3e} "
+            f"(bound {atol}), min cosine {worst.min_cosine:.6f} (bound {min_cosine})"
+        )
+    return report
+
+
+def _min_cosine(ref: np.ndarray, got: np.ndarray) -> float:
+    """Smallest cosine over prototype vectors (last axis); similarity matrices count as vectors per row."""
+    num = (ref * got).sum(-1)
+    den = np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1)
+    both_zero = den == 0
+    cos = np.where(both_zero, 1.0, num / np.where(both_zero, 1.0, den))
+    return float(cos.min()) if cos.size else 1.0
+
+
+def onnx_session(path: Path, providers: list[str] | None = None):
+    """An ONNX Runtime session with explicit providers (CPU by default) and no silent fallback."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise DependencyError("onnxruntime is not installed; `pip install prost-serve`") from exc
+    providers = providers or ["CPUExecutionProvider"]
+    missing = set(providers) - set(ort.get_available_providers())
+    if missing:
+        raise DependencyError(f"ONNX Runtime lacks {', '.join(sorted(missing))}; for GPUs install `prost-serve[gpu]`")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def run_torch(model: ProstModel, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The PyTorch reference for one graph on numpy inputs, keyed by the graph's output names."""
+    from prost_export.onnx import EncoderGraph, SimilarityGraph
+
+    spec = graph_specs(model.config)[graph]
+    module = {"video_prototypes": lambda: EncoderGraph(model, "video"),
+              "text_prototypes": lambda: EncoderGraph(model, "text"), "similarity": SimilarityGraph}[graph]().eval()
+    with torch.no_grad():
+        outs = module(*(torch.from_numpy(inputs[t.name]) for t in spec.inputs))
+    return {t.name: o.numpy() for t, o in zip(spec.outputs, outs)}
+
+
+def run_onnx(session, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, inputs)))
+
+
+def check_random_parity(model: ProstModel, export_dir: Path, batch: int = 2, seed: int = 1234) -> ParityReport:
+    """Each graph on fresh random inputs (a seed the export did not trace with), ORT vs PyTorch."""
+    from prost_export.onnx import example_inputs
+
+    report = ParityReport()
+    for name, spec in graph_specs(model.config).items():
+        inputs = example_inputs(spec, batch=batch, seed=seed)
+        compare(run_torch(model, name, inputs), run_onnx(onnx_session(export_dir / spec.onnx_file), inputs),
+                report=report)
+    return report
+
+
+def check_dataset_parity(model: ProstModel, export_dir: Path, data_dir: Path, split: str = "test",
+                         max_videos: int = 200, batch: int = 8) -> ParityReport:
+    """Decoded videos and captions of a dataset: prototypes within the fp32 gate, identical top-10 rankings."""
+    from prost.data.datasets import load_split
+    from prost.data.video import decode_video
+    from prost.tokenizer import tokenize
+
+    cfg = model.config
+    items = load_split(data_dir, split)[:max_videos]
+    frames = np.stack([decode_video(i.path, cfg.head.num_frames, cfg.vision.image_size).frames for i in items])
+    ids = tokenize([i.captions[0] for i in items], cfg.max_words)
+    specs = graph_specs(cfg)
+    report = ParityReport()
+    protos: dict[str, dict[str, list[np.ndarray]]] = {"torch": {}, "onnx": {}}
+    for graph, array in (("video_prototypes", frames), ("text_prototypes", ids)):
+        session = onnx_session(export_dir / specs[graph].onnx_file)
+        name = specs[graph].inputs[0].name
+        for start in range(0, len(array), batch):
+            inputs = {name: array[start : start + batch]}
+            for key, outs in (("torch", run_torch(model, graph, inputs)), ("onnx", run_onnx(session, inputs))):
+                for out_name, value in outs.items():
+                    protos[key].setdefault(out_name, []).append(value)
+    merged = {k: {n: np.concatenate(v) for n, v in d.items()} for k, d in protos.items()}
+    compare(merged["torch"], merged["onnx"], report=report)
+    sim_session = onnx_session(export_dir / specs["similarity"].onnx_file)
+    beta = np.array([cfg.beta], dtype=np.float32)
+    ref = run_torch(model, "similarity", {**merged["torch"], "BETA": beta})["SIMILARITY"]
+    got = run_onnx(sim_session, {**merged["onnx"], "BETA": beta})["SIMILARITY"]
+    k = min(TOP_K, ref.shape[1])
+    differ = np.nonzero((np.argsort(-ref, axis=1)[:, :k] != np.argsort(-got, axis=1)[:, :k]).any(axis=1))[0]
+    if len(differ):
+        raise ParityError(f"top-{k} rankings differ for {len(differ)} of {len(ref)} queries (first: query {differ[0]})")
+    report.ranking_queries = len(ref)
+    return report

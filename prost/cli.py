@@ -1,0 +1,48 @@
+"""`prost` entry point: one verb per stage; each module contributes its subcommands through `register_cli`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from prost.errors import ProstError
+
+# Modules that define `register_cli(subparsers)`; each sets `func` on its parser(s).
+COMMAND_MODULES = (
+    "prost.data.synthetic",  # prost data synth
+    "prost.train",  # prost train
+    "prost.evaluate",  # prost eval
+    "prost.checkpoint",  # prost convert
+    "prost_export.onnx",  # prost export
+    "prost_export.tensorrt",  # prost build-engines
+    "prost_export.repository",  # prost repository build
+    "prost_export.server",  # prost serve
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prost", description="ProST text-to-video retrieval: train, export, serve.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except ProstError as exc:
+        print(f"prost {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"prost {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""The official ProST training loss: the mean of four InfoNCE terms over S_es and S_op, both directions."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+MAX_LOGIT_SCALE = 4.6052  # ln(100): the learnable temperature is clamped here after every step
+
+
+def symmetric_infonce(scores: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of scale*S over rows and over columns, matched pairs on the diagonal; returns the sum."""
+    logits = scale * scores
+    labels = torch.arange(scores.shape[0], device=scores.device)
+    return F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)
+
+
+def prost_loss(s_es: torch.Tensor, s_op: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """[CE(Z_es) + CE(Z_es^T) + CE(Z_op) + CE(Z_op^T)] / 4 with Z = exp(logit_scale) * S."""
+    scale = logit_scale.exp()
+    return (symmetric_infonce(s_es, scale) + symmetric_infonce(s_op, scale)) / 4
