@@ -1,0 +1,227 @@
+"""Semantics of the ProST model pinned against the official code's behaviour (prost-model.md)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import prost
+from prost.config import ProstConfig
+from prost.errors import ConfigError
+from prost.model.clip import TokenShift, shift_indices
+from prost.model.decoders import frame_query_mask
+from prost.model.similarity import event_sentence, l2_normalize, object_phrase, similarity
+
+SOT, EOT = 49406, 49407
+
+
+def window(mask: torch.Tensor, row: int) -> tuple[int, int]:
+    """[start, end) of the allowed columns of one query (they are contiguous)."""
+    allowed = (~mask[row]).nonzero().flatten()
+    assert (allowed[1:] - allowed[:-1] == 1).all()
+    return int(allowed[0]), int(allowed[-1]) + 1
+
+
+def test_frame_mask_msrvtt_worked_numbers():
+    mask = frame_query_mask(12, 12)
+    assert mask.shape == (12, 144)
+    for i in range(9):
+        assert window(mask, i) == (12 * i, 12 * i + 40)  # own 12 prototypes + the next 28
+    for i in (9, 10, 11):
+        assert window(mask, i) == (103, 144)  # shifted left, one column wider
+
+
+def test_frame_mask_didemo_worked_numbers():
+    mask = frame_query_mask(64, 12)
+    for i in range(51):
+        assert window(mask, i) == (12 * i, 12 * i + 165)
+    for i in range(51, 64):
+        assert window(mask, i) == (602, 768)
+
+
+def test_frame_mask_own_frame_option():
+    mask = frame_query_mask(12, 12, mode="own-frame")
+    assert [window(mask, i) for i in range(12)] == [(12 * i, 12 * i + 12) for i in range(12)]
+
+
+def test_shift_indices_official_b32_and_b16():
+    assert shift_indices(50, 7) == ([1, 8, 15, 22, 29, 36, 43], [4, 11, 18, 25, 32, 39, 46])
+    prev, nxt = shift_indices(197, 14)
+    assert prev[:2] == [1, 15] and prev[-1] == 183 and nxt[:2] == [4, 18] and nxt[-1] == 186
+
+
+def test_token_shift_moves_exactly_the_listed_tokens():
+    frames, tokens, width = 4, 50, 8
+    shift = TokenShift(width, 1, tokens, frames, n_div=7)
+    x = torch.randn(2 * frames, tokens, width)
+    y = shift.shift(x).reshape(2, frames, tokens, width)
+    v = x.reshape(2, frames, tokens, width)
+    prev, nxt = shift_indices(tokens, 7)
+    for t in range(frames):
+        for j in range(tokens):
+            if j in prev and t > 0:
+                expected = v[:, t - 1, j]
+            elif j in nxt and t < frames - 1:
+                expected = v[:, t + 1, j]
+            else:
+                expected = v[:, t, j]  # CLS, unlisted tokens, and clip edges keep their own values
+            assert torch.equal(y[:, t, j], expected), (t, j)
+
+
+def naive_scores(phrases, sentence, objects, events):
+    """Loop reference of S_es and S_op, literally as the formulas read."""
+    n_t, n_v = phrases.shape[0], objects.shape[0]
+    s_es = torch.zeros(n_t, n_v)
+    s_op = torch.zeros(n_t, n_v)
+    for a in range(n_t):
+        for b in range(n_v):
+            s_es[a, b] = max(float(sentence[a] @ events[b, k]) for k in range(events.shape[1]))
+            slots = []
+            for j in range(objects.shape[2]):
+                slots.append(max(float(phrases[a, i] @ objects[b, f, j])
+                                 for f in range(objects.shape[1]) for i in range(phrases.shape[1])))
+            s_op[a, b] = sum(slots) / len(slots)
+    return s_es, s_op
+
+
+def random_prototypes(n_t=3, n_v=4, n_p=5, frames=3, objects=4, events=3, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    text = prost.TextPrototypes(l2_normalize(torch.randn(n_t, n_p, d, generator=g)),
+                                l2_normalize(torch.randn(n_t, d, generator=g)))
+    video = prost.VideoPrototypes(l2_normalize(torch.randn(n_v, frames, objects, d, generator=g)),
+                                  l2_normalize(torch.randn(n_v, events, d, generator=g)))
+    return text, video
+
+
+def test_similarity_equals_naive_loops():
+    text, video = random_prototypes()
+    ref_es, ref_op = naive_scores(text.phrases, text.sentence, video.objects, video.events)
+    assert torch.allclose(event_sentence(text.sentence, video.events), ref_es, atol=1e-6)
+    assert torch.allclose(object_phrase(text.phrases, video.objects), ref_op, atol=1e-6)
+    total = similarity(text, video, beta=1.5)
+    assert torch.allclose(total.total, ref_es + 1.5 * ref_op, atol=1e-6)
+
+
+def test_chunked_similarity_equals_unchunked():
+    text, video = random_prototypes(n_t=7, n_v=11, seed=1)
+    full = similarity(text, video, beta=1.0)
+    per_pair = text.phrases.shape[1] * video.objects.shape[1] * video.objects.shape[2]
+    for block in (1, per_pair, 3 * per_pair, 20 * per_pair):
+        chunked = similarity(text, video, beta=1.0, block_elements=block)
+        for a, b in zip(full, chunked):
+            assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return prost.create_model("tiny", seed=0)
+
+
+def token_batch(model, lengths, pad=0):
+    width = model.config.max_words
+    ids = torch.full((len(lengths), width), pad, dtype=torch.int32)
+    g = torch.Generator().manual_seed(0)
+    for row, n in enumerate(lengths):
+        ids[row, 0] = SOT
+        ids[row, 1 : n + 1] = torch.randint(1, 40000, (n,), generator=g, dtype=torch.int32)
+        ids[row, n + 1] = EOT
+    return ids
+
+
+def test_padding_changes_phrase_prototypes_not_the_sentence(tiny):
+    ids = token_batch(tiny, [5])
+    other_pad = ids.clone()
+    other_pad[0, 7:] = 1  # same sentence, different padding token after EOT
+    with torch.no_grad():
+        a, b = tiny.encode_text(ids), tiny.encode_text(other_pad)
+    # Pads feed the phrase weights (official behaviour) ...
+    assert not torch.allclose(a.phrases, b.phrases, atol=1e-4)
+    # ... but the causal mask keeps the EOT feature, hence the sentence embedding, unchanged.
+    assert torch.allclose(a.sentence, b.sentence, atol=1e-6)
+
+
+def test_encoders_shapes_and_unit_norm(tiny):
+    cfg = tiny.config
+    frames = torch.randn(2, cfg.head.num_frames, 3, cfg.vision.image_size, cfg.vision.image_size)
+    with torch.no_grad():
+        video = tiny.encode_video(frames)
+        text = tiny.encode_text(token_batch(tiny, [3, 10]))
+    h, d = cfg.head, cfg.embed_dim
+    assert video.objects.shape == (2, h.num_frames, h.num_objects, d)
+    assert video.events.shape == (2, h.num_events, d)
+    assert text.phrases.shape == (2, h.num_phrases, d) and text.sentence.shape == (2, d)
+    for t in (*video, *text):
+        norms = t.norm(dim=-1)
+        assert torch.allclose(norms[norms > 0], torch.ones_like(norms[norms > 0]), atol=1e-5)
+
+
+def test_frames_are_encoded_per_video_not_per_batch(tiny):
+    """Videos in a batch do not interact, but frames within a video do (token shift, decoders)."""
+    cfg = tiny.config
+    frames = torch.randn(3, cfg.head.num_frames, 3, cfg.vision.image_size, cfg.vision.image_size)
+    with torch.no_grad():
+        batch = tiny.encode_video(frames)
+        single = tiny.encode_video(frames[1:2])
+        changed = frames.clone()
+        changed[1, 1] = 0  # zero frame 1 of the middle video
+        other = tiny.encode_video(changed)
+    assert torch.allclose(batch.objects[1], single.objects[0], atol=1e-5)
+    assert torch.allclose(other.objects[0], batch.objects[0], atol=1e-6)
+    assert not torch.allclose(other.objects[1, 0], batch.objects[1, 0], atol=1e-4)  # frame 0 sees frame 1 via shift
+
+
+def test_deterministic_mode(tiny):
+    cfg = tiny.config
+    frames = torch.randn(1, cfg.head.num_frames, 3, cfg.vision.image_size, cfg.vision.image_size)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.no_grad():
+            first, second = tiny.encode_video(frames), tiny.encode_video(frames)
+            tiny.encode_text(token_batch(tiny, [4]))
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert torch.equal(first.objects, second.objects)
+
+
+def test_wrong_input_shapes_are_rejected(tiny):
+    with pytest.raises(ValueError, match="frames must be"):
+        tiny.encode_video(torch.zeros(1, 3, 3, 64, 64))
+    with pytest.raises(ValueError, match="token_ids must be"):
+        tiny.encode_text(torch.zeros(1, 7, dtype=torch.int32))
+
+
+def test_vit_b_32_preset_encodes_two_videos():
+    model = prost.create_model("vit-b-32", seed=0)
+    # The reference counts 8,978,471 used head parameters at L=12 (dead upstream modules are not built).
+    assert sum(p.numel() for n, p in model.named_parameters() if not n.startswith("clip.")) == 8_978_471
+    with torch.no_grad():
+        video = model.encode_video(torch.randn(2, 12, 3, 224, 224))
+        text = model.encode_text(torch.tensor(prost.tokenize(["a man is singing", "a dog runs"], 32)))
+    assert video.objects.shape == (2, 12, 12, 512) and video.events.shape == (2, 3, 512)
+    assert text.phrases.shape == (2, 28, 512) and text.sentence.shape == (2, 512)
+
+
+def test_config_round_trip_and_errors():
+    cfg = prost.create_model("tiny").config
+    assert ProstConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.replace(**{"head.num_events": 4}).head.num_events == 4
+    with pytest.raises(ConfigError, match="unknown config key"):
+        ProstConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+    with pytest.raises(ConfigError, match="frame_mask"):
+        cfg.replace(**{"head.frame_mask": "paper"})
+    with pytest.raises(ConfigError, match="unknown preset"):
+        prost.create_model("vit-z")
+
+
+def test_loss_is_the_mean_of_four_infonce_terms():
+    from prost.loss import prost_loss
+
+    g = torch.Generator().manual_seed(0)
+    s_es, s_op = torch.randn(4, 4, generator=g), torch.randn(4, 4, generator=g)
+    scale = torch.tensor(100.0).log()
+    ce = torch.nn.functional.cross_entropy
+    labels = torch.arange(4)
+    expected = (ce(100 * s_es, labels) + ce(100 * s_es.t(), labels) + ce(100 * s_op, labels)
+                + ce(100 * s_op.t(), labels)) / 4
+    assert torch.allclose(prost_loss(s_es, s_op, scale), expected)
