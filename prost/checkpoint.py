@@ -186,11 +186,13 @@ def _wrap_shifted_blocks(state: dict[str, torch.Tensor], expected: dict) -> dict
     return out
 
 
-def _group(keys: list[str], limit: int = 8) -> str:
-    """Summarise keys by their prefix up to the first numbered component."""
+def _group(keys: list[str], limit: int = 12) -> str:
+    """Summarise keys by module: numbered components become `*`, cut after the first name that follows one."""
     groups: dict[str, int] = defaultdict(int)
     for key in keys:
-        groups[re.split(r"\.\d+\.", key)[0]] += 1
+        parts = re.sub(r"\.\d+(?=\.|$)", ".*", key).split(".")
+        cut = next((i + 2 for i, part in enumerate(parts) if part == "*"), len(parts))
+        groups[".".join(parts[:cut])] += 1
     items = [f"{prefix}.* ({n})" if n > 1 else prefix for prefix, n in sorted(groups.items())]
     return ", ".join(items[:limit]) + (f", ... {len(items) - limit} more groups" if len(items) > limit else "")
 

@@ -57,7 +57,6 @@ class ProstModel(nn.Module):
 
     def encode_text(self, token_ids: torch.Tensor) -> TextPrototypes:
         """token_ids [B, W] (SOT, tokens, EOT, zero padding) -> phrases [B, Np, D], sentence [B, D]."""
-        token_ids = torch.as_tensor(token_ids)
         if token_ids.dim() != 2 or token_ids.shape[1] != self.config.max_words:
             raise ValueError(f"token_ids must be [B, {self.config.max_words}], got {list(token_ids.shape)}")
         words = self.clip.encode_tokens(token_ids)  # [B, W, D]; padding positions included on purpose
