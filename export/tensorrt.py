@@ -1,0 +1,227 @@
+"""`prost build-engines`: TensorRT engines from the exported ONNX graphs, with metadata and parity gates.
+
+Needs an NVIDIA GPU and the `gpu` extra (`pip install 'prost-serve[gpu]'`); without them the command says so and
+exits non-zero. fp16 engines keep LayerNorm, softmax and reductions in fp32 (the CLIP text tower is known to break in
+plain fp16), with precision constraints obeyed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prost.config import ProstConfig
+from prost.errors import DependencyError, ExportError
+from prost_export.onnx import MANIFEST, example_inputs, read_manifest, sha256
+from prost_export.parity import ParityReport, compare, onnx_session, run_onnx
+from prost_export.specs import GraphSpec, graph_specs
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16")
+FP16_MIN_COSINE = 0.99
+FP16_RECALL_POINTS = 0.5  # R@1/5/10 may move by at most this many points in fp16
+
+
+def require_tensorrt():
+    """The tensorrt module, after checking that a CUDA GPU is visible; DependencyError otherwise."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise DependencyError(
+            "TensorRT is not installed: run on a GPU host with `pip install 'prost-serve[gpu]'` "
+            "(the CPU install serves the ONNX graphs with ONNX Runtime instead)"
+        ) from exc
+    if not torch.cuda.is_available():
+        raise DependencyError("no CUDA GPU is visible: TensorRT engines must be built on the GPU that serves them")
+    return trt
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Optimization profile over the dynamic dimension(s) of a graph."""
+
+    min: int = 1
+    opt: int = 8
+    max: int = 32
+
+
+def gpu_identity() -> dict:
+    """TensorRT version and the current GPU's name and compute capability: what an engine is tied to."""
+    trt = require_tensorrt()
+    major, minor = torch.cuda.get_device_capability()
+    return {"tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
+
+
+def plan_name(spec: GraphSpec, compute_capability: str) -> str:
+    """`<graph>.sm<cc>.plan`, so one export directory can hold engines for several GPU architectures."""
+    return f"{spec.name}.sm{compute_capability.replace('.', '')}.plan"
+
+
+def _shape(spec_shape: tuple, batch: int) -> tuple[int, ...]:
+    return tuple(batch if isinstance(d, str) else d for d in spec_shape)
+
+
+def build_engine(onnx_path: Path, spec: GraphSpec, plan_path: Path, *, precision: str = "fp32",
+                 profile: Profile = Profile(), timing_cache: Path | None = None, workspace_gib: float = 4.0) -> dict:
+    """Parse one ONNX graph, build and write a serialized engine; returns its metadata for the manifest."""
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    trt = require_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    optimization = builder.create_optimization_profile()
+    for tensor in spec.inputs:
+        optimization.set_shape(tensor.name, _shape(tensor.shape, profile.min), _shape(tensor.shape, profile.opt),
+                               _shape(tensor.shape, profile.max))
+    config.add_optimization_profile(optimization)
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        kept = _keep_fp32(network, trt)
+        log.info("%s: %d normalisation/softmax/reduce layers kept in fp32", onnx_path.name, kept)
+    cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    started = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError(f"TensorRT failed to build an engine for {onnx_path.name} (see the log above)")
+    plan_path.write_bytes(bytes(serialized))
+    if timing_cache:
+        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return {**gpu_identity(), "file": plan_path.name, "sha256": sha256(plan_path), "onnx_sha256": sha256(onnx_path),
+            "precision": precision, "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max},
+            "build_seconds": round(time.perf_counter() - started, 1)}
+
+
+def _keep_fp32(network, trt) -> int:
+    """Pin LayerNorm, softmax and reductions (incl. the final L2 norm) to fp32 under OBEY_PRECISION_CONSTRAINTS."""
+    kinds = {trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE}
+    kept = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type in kinds:
+            layer.precision = trt.float32
+            for j in range(layer.num_outputs):
+                layer.set_output_type(j, trt.float32)
+            kept += 1
+    return kept
+
+
+def check_engine_compatible(meta: dict) -> None:
+    """Refuse an engine built for another TensorRT version or GPU architecture, saying how to rebuild."""
+    here = gpu_identity()
+    if (meta["tensorrt"], meta["compute_capability"]) != (here["tensorrt"], here["compute_capability"]):
+        raise ExportError(
+            f"engine {meta['file']} was built with TensorRT {meta['tensorrt']} for compute capability "
+            f"{meta['compute_capability']} ({meta['gpu']}); this host has TensorRT {here['tensorrt']} on "
+            f"{here['compute_capability']} ({here['gpu']}). Rebuild here: prost build-engines --export DIR"
+        )
+
+
+class EngineRunner:
+    """Runs a serialized engine on CUDA tensors (torch allocates the buffers; no pycuda needed)."""
+
+    def __init__(self, plan_path: Path, meta: dict) -> None:
+        check_engine_compatible(meta)
+        trt = require_tensorrt()
+        self._trt = trt
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
+        if self.engine is None:
+            raise ExportError(f"cannot deserialize {plan_path}; rebuild with prost build-engines --export DIR")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        stream = torch.cuda.current_stream()
+        keep = []
+        for name in self.inputs:
+            tensor = torch.from_numpy(np.ascontiguousarray(feeds[name])).cuda()
+            keep.append(tensor)
+            self.context.set_input_shape(name, tuple(tensor.shape))
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        results = {}
+        for name in self.outputs:
+            dtype = torch.float32 if self.engine.get_tensor_dtype(name) == self._trt.float32 else torch.float16
+            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device="cuda")
+            results[name] = out
+            self.context.set_tensor_address(name, out.data_ptr())
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise ExportError("TensorRT execution failed")
+        stream.synchronize()
+        return {name: out.float().cpu().numpy() for name, out in results.items()}
+
+
+def build_engines(export_dir: Path, *, precision: str = "fp32", profile: Profile = Profile(),
+                  timing_cache: Path | None = None, parity_batch: int = 2) -> dict:
+    """Engines for the three graphs of an export directory, the parity gate against ONNX Runtime, manifest update."""
+    export_dir = Path(export_dir)
+    manifest = read_manifest(export_dir)
+    config = ProstConfig.from_dict(manifest["config"])
+    timing_cache = timing_cache or export_dir / "timing.cache"
+    engines = {}
+    for name, spec in graph_specs(config).items():
+        cc = gpu_identity()["compute_capability"]
+        log.info("building %s (%s, batch %d/%d/%d)", name, precision, profile.min, profile.opt, profile.max)
+        engines[name] = build_engine(export_dir / spec.onnx_file, spec, export_dir / plan_name(spec, cc),
+                                     precision=precision, profile=profile, timing_cache=timing_cache)
+    report = check_engine_parity(export_dir, config, engines, precision, batch=min(parity_batch, profile.max))
+    manifest.setdefault("engines", {}).update(engines)
+    manifest["engines_parity"] = report.summary()
+    (export_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return engines
+
+
+def check_engine_parity(export_dir: Path, config: ProstConfig, engines: dict, precision: str,
+                        batch: int = 2) -> ParityReport:
+    """Engines against ONNX Runtime on random inputs: the fp32 gate, or cosine >= 0.99 per prototype in fp16."""
+    report = ParityReport()
+    for name, spec in graph_specs(config).items():
+        feeds = example_inputs(spec, batch=batch, seed=4321)
+        reference = run_onnx(onnx_session(export_dir / spec.onnx_file), feeds)
+        got = EngineRunner(export_dir / engines[name]["file"], engines[name])(feeds)
+        if precision == "fp32":
+            compare(reference, got, report=report)
+        else:
+            compare(reference, got, atol=None, min_cosine=FP16_MIN_COSINE, report=report)
+    return report
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("build-engines", help="build TensorRT engines from an export directory (GPU)")
+    parser.add_argument("--export", required=True, help="directory written by `prost export`")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp16")
+    parser.add_argument("--min-batch", type=int, default=1)
+    parser.add_argument("--opt-batch", type=int, default=8)
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--timing-cache", type=Path, help="timing cache file (default: EXPORT/timing.cache)")
+    parser.set_defaults(func=_build_cmd)
+
+
+def _build_cmd(args: argparse.Namespace) -> int:
+    require_tensorrt()
+    engines = build_engines(Path(args.export), precision=args.precision,
+                            profile=Profile(args.min_batch, args.opt_batch, args.max_batch),
+                            timing_cache=args.timing_cache)
+    for name, meta in engines.items():
+        print(f"{name}: {meta['file']} ({meta['precision']}, TensorRT {meta['tensorrt']}, {meta['gpu']}, "
+              f"{meta['build_seconds']} s)")
+    return 0
