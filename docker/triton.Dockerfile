@@ -10,8 +10,10 @@ COPY prost prost
 COPY export export
 COPY client client
 COPY model_repository model_repository
-# The python backend models (tokenizer, video decode, gallery) import prost; numpy<2 is pinned by the project.
-RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu . \
-    && rm -rf /root/.cache
+# The python-backend models (tokenizer, video decode, gallery) import torch-free parts of prost; numpy<2 for the
+# python backend's BYTES tensors. torch is deliberately not installed here.
+RUN pip install --no-cache-dir --no-deps . \
+    && pip install --no-cache-dir "numpy==1.26.4" "onnxruntime-gpu==1.31.1" "av==18.1.0" "safetensors==0.8.0" \
+       "ftfy==6.3.1" "regex==2026.11.19"
 ENTRYPOINT ["tritonserver", "--model-repository=/models", "--model-control-mode=explicit", "--load-model=*", \
             "--cache-config=local,size=268435456"]
