@@ -1,0 +1,298 @@
+"""Dataset layouts on local disk (the synthetic jsonl, MSR-VTT as in CLIP4Clip, DiDeMo paragraphs) and torch loading.
+
+Layouts, under a root folder:
+* "jsonl": `captions.jsonl`, lines {"video": path relative to the root, "caption", "split", optional "video_id",
+  "start", "end"}; lines of one video merge into one item.
+* "msrvtt": `MSRVTT_train.9k.csv` (video_id), `MSRVTT_data.json` (sentences: all captions of the train videos) and
+  `MSRVTT_JSFUSION_test.csv` (1k-A: video_id, sentence); videos at `videos/<video_id>.mp4`; val is the test split.
+* "didemo": `{train,test}_list_mp4.txt` (file names) and `{train,test}_data_mp4.json` (LocalizingMoments items);
+  a video's descriptions join into one paragraph caption over the whole clip; videos at `videos/<name>`; val is test.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
+
+from prost.data.video import DecodedVideo, read_frames
+from prost.errors import DataError
+from prost.tokenizer import tokenize
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+# Files whose presence selects a layout in "auto" mode, in order of precedence.
+_MARKERS = {
+    "jsonl": ("captions.jsonl",),
+    "msrvtt": ("MSRVTT_data.json", "MSRVTT_JSFUSION_test.csv"),
+    "didemo": ("train_list_mp4.txt", "test_list_mp4.txt"),
+}
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    """A video and its captions; `start`/`end` bound the clip in seconds, None for the whole video."""
+
+    video_id: str
+    path: Path
+    captions: tuple[str, ...]
+    start: float | None = None
+    end: float | None = None
+
+
+def load_split(root: Path, split: str, layout: str = "auto", *, expand_captions: bool = False,
+               videos_dir: Path | None = None) -> list[VideoItem]:
+    """Items of a split, one per video; `expand_captions` makes one single-caption item per (video, caption) pair.
+
+    `videos_dir` overrides where video files are looked up: the root for "jsonl", `root/videos` otherwise.
+    """
+    root = Path(root)
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    if not root.is_dir():
+        raise DataError(f"dataset root {root} is not a directory")
+    layout = detect_layout(root) if layout == "auto" else layout
+    if layout not in _LOADERS:
+        raise DataError(f"unknown dataset layout {layout!r}; valid: auto, {', '.join(_LOADERS)}")
+    items = _LOADERS[layout](root, split, Path(videos_dir) if videos_dir is not None else None)
+    if expand_captions:
+        return [replace(item, captions=(caption,)) for item in items for caption in item.captions]
+    return items
+
+
+def detect_layout(root: Path) -> str:
+    """The layout whose marker files exist under `root`."""
+    for layout, markers in _MARKERS.items():
+        if any((root / name).is_file() for name in markers):
+            return layout
+    expected = "; ".join(f"{layout}: {' or '.join(names)}" for layout, names in _MARKERS.items())
+    raise DataError(f"cannot tell the dataset layout of {root}: no marker file ({expected})")
+
+
+def _require(root: Path, layout: str, names: Iterable[str]) -> list[Path]:
+    paths = [root / name for name in names]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(f"the {layout} layout needs {', '.join(missing)} in {root}")
+    return paths
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+
+
+def _read_csv(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = [c for c in columns if rows and c not in rows[0]]
+    if missing or not rows:
+        raise DataError(f"{path} has no rows or lacks the columns {', '.join(missing or columns)}")
+    return rows
+
+
+def _grouped(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """Captions by video, in order of first appearance."""
+    captions: dict[str, list[str]] = {}
+    for video, caption in pairs:
+        captions.setdefault(video, []).append(caption)
+    return captions
+
+
+def _load_jsonl(root: Path, split: str, videos_dir: Path | None) -> list[VideoItem]:
+    (path,) = _require(root, "jsonl", ["captions.jsonl"])
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+                rows.append((row, str(row["video"]), str(row["caption"]), str(row["split"])))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise DataError(f"{path}:{number}: not a {{video, caption, split}} record ({exc!r})") from exc
+    present = {row_split for *_, row_split in rows}
+    if split == "val" and "val" not in present:
+        logger.info("%s has no val split; using test", path)
+        split = "test"
+    if split not in present:
+        raise DataError(f"{path} has no {split!r} rows; splits present: {', '.join(sorted(present)) or 'none'}")
+    rows = [row for row in rows if row[3] == split]
+    first = {video: row for row, video, _, _ in reversed(rows)}
+    base = videos_dir or root
+    items = []
+    for video, captions in _grouped((video, caption) for _, video, caption, _ in rows).items():
+        row = first[video]
+        items.append(VideoItem(str(row.get("video_id", Path(video).stem)), base / video, tuple(captions),
+                               row.get("start"), row.get("end")))
+    duplicates = [i for i, n in Counter(item.video_id for item in items).items() if n > 1]
+    if duplicates:
+        raise DataError(f"{path}: videos of the {split} split share the id {duplicates[0]!r}; set distinct video_id")
+    return items
+
+
+def _load_msrvtt(root: Path, split: str, videos_dir: Path | None) -> list[VideoItem]:
+    videos_dir = videos_dir or root / "videos"
+    if split == "val":
+        logger.info("MSR-VTT has no val split; using the 1k-A test split")
+    if split in ("val", "test"):
+        (test_csv,) = _require(root, "msrvtt", ["MSRVTT_JSFUSION_test.csv"])
+        captions = _grouped((r["video_id"], r["sentence"]) for r in _read_csv(test_csv, ("video_id", "sentence")))
+    else:
+        train_csv, data_json = _require(root, "msrvtt", ["MSRVTT_train.9k.csv", "MSRVTT_data.json"])
+        ids = [r["video_id"] for r in _read_csv(train_csv, ("video_id",))]
+        wanted = set(ids)
+        by_video = _grouped((s["video_id"], s["caption"]) for s in _read_json(data_json)["sentences"]
+                            if s["video_id"] in wanted)
+        uncaptioned = [i for i in ids if i not in by_video]
+        if uncaptioned:
+            raise DataError(f"{len(uncaptioned)} train videos have no caption in {data_json} (e.g. {uncaptioned[0]})")
+        captions = {i: by_video[i] for i in ids}
+    return [VideoItem(video, videos_dir / f"{video}.mp4", tuple(c)) for video, c in captions.items()]
+
+
+def _load_didemo(root: Path, split: str, videos_dir: Path | None) -> list[VideoItem]:
+    videos_dir = videos_dir or root / "videos"
+    if split == "val":
+        logger.info("DiDeMo has no val split; using the test files")
+    name = "train" if split == "train" else "test"
+    list_path, data_path = _require(root, "didemo", [f"{name}_list_mp4.txt", f"{name}_data_mp4.json"])
+    listed = [line.strip() for line in list_path.read_text().splitlines() if line.strip()]
+    moments = _grouped((m["video"], m["description"]) for m in _read_json(data_path))
+    # Paragraph retrieval over the whole clip; listed videos without descriptions are dropped, as officially.
+    return [VideoItem(video, videos_dir / video, (" ".join(moments[video]),)) for video in listed if video in moments]
+
+
+_LOADERS: dict[str, Callable[[Path, str, Path | None], list[VideoItem]]] = {
+    "jsonl": _load_jsonl,
+    "msrvtt": _load_msrvtt,
+    "didemo": _load_didemo,
+}
+
+
+class FrameCache:
+    """LRU of decoded uint8 frames and source indices, bounded in bytes; every loader worker holds its own."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._entries: OrderedDict[Any, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: Any, entry: tuple[np.ndarray, np.ndarray]) -> None:
+        size = sum(a.nbytes for a in entry)
+        if key in self._entries or size > self.max_bytes:
+            return
+        self._entries[key] = entry
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            self.bytes -= sum(a.nbytes for a in self._entries.popitem(last=False)[1])
+
+
+class ClipDataset(Dataset):
+    """(clip, caption) samples, one per item: a random caption of the item in training, else its first caption.
+
+    A sample of an unreadable video is None (one warning per file and process); `collate` drops it. With
+    `cache_bytes`, decoded uint8 frames are kept for later epochs (use persistent workers, as `make_loader` does).
+    """
+
+    def __init__(self, items: Sequence[VideoItem], num_frames: int, image_size: int, context_length: int, *,
+                 train: bool = False, cache_bytes: int = 0) -> None:
+        self.items = list(items)
+        self.num_frames, self.image_size, self.context_length = num_frames, image_size, context_length
+        self.train = train
+        ids: dict[str, int] = {}
+        self.video_indices = [ids.setdefault(item.video_id, len(ids)) for item in self.items]
+        self.skipped: set[Path] = set()  # unreadable videos met by this process
+        self.cache = FrameCache(cache_bytes)
+        self.generator = torch.Generator()  # draws training captions; `make_loader` seeds it, in every worker too
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        item = self.items[index]
+        video = self._decode(item)
+        if video is None:
+            return None
+        draw = int(torch.randint(len(item.captions), (), generator=self.generator)) if self.train else 0
+        caption = item.captions[draw]
+        return {
+            "frames": torch.from_numpy(video.frames),  # [L, 3, S, S]
+            "frame_mask": torch.from_numpy(video.mask),  # [L]
+            "token_ids": torch.from_numpy(tokenize([caption], self.context_length)[0]),  # [W] int32
+            "video_index": self.video_indices[index],
+        }
+
+    def _decode(self, item: VideoItem) -> DecodedVideo | None:
+        if item.path in self.skipped:
+            return None
+        key = (item.path, item.start, item.end)
+        entry = self.cache.get(key)
+        if entry is None:
+            try:
+                entry = read_frames(item.path, self.num_frames, self.image_size, item.start, item.end)
+            except DataError as exc:
+                self.skipped.add(item.path)
+                logger.warning("skipping unreadable video: %s", exc)
+                return None
+            self.cache.put(key, entry)
+        return DecodedVideo.from_uint8(*entry, self.num_frames)
+
+
+def collate(samples: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Stack the samples of readable videos; `skipped` counts the dropped ones (the only key if all were)."""
+    kept = [s for s in samples if s is not None]
+    batch = default_collate(kept) if kept else {}
+    batch["skipped"] = len(samples) - len(kept)
+    return batch
+
+
+class ClipLoader(DataLoader):
+    """A DataLoader over `collate` batches: drops batches left empty by unreadable videos, logs an epoch's count."""
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        skipped = 0
+        for batch in super().__iter__():
+            skipped += batch.pop("skipped")
+            if batch:
+                yield batch
+        if skipped:
+            logger.warning("skipped %d samples of unreadable videos in this epoch", skipped)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed the worker's caption draws, numpy and random from its torch seed, which the loader's generator sets."""
+    seed = torch.initial_seed()
+    dataset = get_worker_info().dataset
+    if isinstance(dataset, ClipDataset):
+        dataset.generator.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def make_loader(dataset: ClipDataset, batch_size: int, shuffle: bool, workers: int, seed: int) -> ClipLoader:
+    """A loader whose order and caption draws follow `seed`; workers persist across epochs to keep their caches."""
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    dataset.generator.manual_seed(seed)  # draws in this process, when workers == 0
+    return ClipLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate,
+                      generator=generator, worker_init_fn=_seed_worker, persistent_workers=workers > 0)
