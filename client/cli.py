@@ -1,0 +1,102 @@
+"""`prost-client`: search, index and score against a running ProST Triton server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from prost_client import protocol as P
+from prost_client.client import ProstClient
+from prost_client.errors import ClientError
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prost-client", description="Query a ProST Triton deployment over gRPC.")
+    parser.add_argument("--url", default=os.environ.get("PROST_URL", "127.0.0.1:8001"), help="Triton gRPC host:port")
+    parser.add_argument("--timeout", type=float, default=30.0, help="deadline per call, seconds")
+    parser.add_argument("--repository-key", default=os.environ.get("PROST_REPOSITORY_KEY"),
+                        help="key of the restricted model-repository endpoints (default: $PROST_REPOSITORY_KEY)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    search = sub.add_parser("search", help="top-k gallery videos for each text")
+    search.add_argument("texts", nargs="+", metavar="TEXT")
+    search.add_argument("--top-k", type=int, default=P.DEFAULT_TOP_K)
+    search.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    search.set_defaults(func=_search)
+
+    index = sub.add_parser("index", help="encode the videos of a directory and publish them as a new gallery")
+    index.add_argument("directory", type=Path)
+    index.add_argument("--repository", type=Path, help="the served repository on this machine (writes the version)")
+    index.add_argument("--similarity-onnx", type=Path,
+                       help="the export's similarity.onnx; needed to upload the gallery without --repository")
+    index.add_argument("--batch-size", type=int, default=4, help="videos per encode request")
+    index.add_argument("--no-progress", action="store_true")
+    index.set_defaults(func=_index)
+
+    score = sub.add_parser("score", help="S = S_es + beta * S_op of texts against video files")
+    score.add_argument("--text", action="append", required=True, help="repeatable")
+    score.add_argument("--video", action="append", required=True, type=Path, help="repeatable")
+    score.add_argument("--beta", type=float, help="default: the exported model's beta")
+    score.add_argument("--json", action="store_true")
+    score.set_defaults(func=_score)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with ProstClient(args.url, timeout=args.timeout, repository_key=args.repository_key) as client:
+            return int(args.func(client, args) or 0)
+    except ClientError as exc:
+        print(f"prost-client {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _search(client: ProstClient, args: argparse.Namespace) -> int:
+    results = client.search(args.texts, top_k=args.top_k)
+    if args.json:
+        payload = [{"text": text, "results": [{"video_id": h.video_id, "score": h.score,
+                                                "matched_frames": list(h.matched_frames)} for h in hits]}
+                   for text, hits in zip(args.texts, results)]
+        print(json.dumps(payload, indent=2))
+        return 0
+    for text, hits in zip(args.texts, results):
+        print(f"{text!r}: {len(hits)} result(s)")
+        for rank, hit in enumerate(hits, 1):
+            print(f"  {rank:3d}. {hit.score:8.4f}  {hit.video_id}  frames {list(hit.matched_frames)}")
+    return 0
+
+
+def _index(client: ProstClient, args: argparse.Namespace) -> int:
+    if not args.directory.is_dir():
+        raise ClientError(f"{args.directory} is not a directory")
+    videos = sorted(p for p in args.directory.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+    if not videos:
+        raise ClientError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) under {args.directory}")
+    ids = [p.relative_to(args.directory).with_suffix("").as_posix() for p in videos]
+    version = client.publish_gallery(videos, ids, repository=args.repository, similarity_onnx=args.similarity_onnx,
+                                     batch_size=args.batch_size, progress=not args.no_progress)
+    print(f"published {P.GALLERY_MODEL} version {version} with {len(videos)} video(s)")
+    return 0
+
+
+def _score(client: ProstClient, args: argparse.Namespace) -> int:
+    scores = client.score(args.text, args.video, beta=args.beta)
+    if args.json:
+        print(json.dumps({"texts": args.text, "videos": [str(v) for v in args.video], "scores": scores.tolist()}))
+        return 0
+    for text, row in zip(args.text, scores):
+        for video, value in zip(args.video, row):
+            print(f"{value:8.4f}  {text!r}  {video}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Wire format: request builders and response parsers shared by ProstClient and AsyncProstClient (no I/O here)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from prost_client import protocol as P
+from prost_client.errors import ClientError
+
+VideoSource = str | Path | bytes
+
+# Header of the restricted model-repository protocol; the server runs with
+# --grpc-restricted-protocol=model-repository:<REPOSITORY_KEY_HEADER>=<key> (Triton prefixes gRPC headers).
+REPOSITORY_KEY_HEADER = "prost-repository-key"
+GRPC_RESTRICTED_PREFIX = "triton-grpc-protocol-"
+INT32_MAX = 2**31 - 1
+
+# Methods retried on UNAVAILABLE: reads and inference (idempotent); never repository load/unload.
+RETRIED_METHODS = ("ModelInfer", "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
+                   "ModelConfig", "ModelStatistics")
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One search result: the video, its score S = S_es + beta * S_op, and per phrase prototype the best frame."""
+
+    video_id: str
+    score: float
+    matched_frames: tuple[int, ...]
+
+
+def channel_args(retries: int) -> list[tuple[str, object]]:
+    """gRPC channel options: tritonclient's defaults (which `channel_args` replaces) plus a retry policy."""
+    args: list[tuple[str, object]] = [
+        ("grpc.max_send_message_length", INT32_MAX),
+        ("grpc.max_receive_message_length", INT32_MAX),
+        ("grpc.keepalive_time_ms", INT32_MAX),
+        ("grpc.keepalive_timeout_ms", 20000),
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.http2.max_pings_without_data", 2),
+        ("grpc.enable_retries", int(retries > 0)),
+    ]
+    if retries > 0:
+        policy = {
+            "maxAttempts": min(retries + 1, 5),  # gRPC caps attempts at 5
+            "initialBackoff": "0.1s",
+            "maxBackoff": "2s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
+        names = [{"service": "inference.GRPCInferenceService", "method": m} for m in RETRIED_METHODS]
+        args.append(("grpc.service_config", json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})))
+    return args
+
+
+def key_headers(repository_key: str | None) -> dict[str, str] | None:
+    return {GRPC_RESTRICTED_PREFIX + REPOSITORY_KEY_HEADER: repository_key} if repository_key else None
+
+
+def as_texts(texts: str | Sequence[str]) -> list[str]:
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    for text in texts:
+        if not isinstance(text, str):
+            raise ClientError(f"texts must be strings, got {type(text).__name__}")
+    return texts
+
+
+def read_bytes(source: VideoSource) -> bytes:
+    """Bytes as given, or the content of a file."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    try:
+        return Path(source).read_bytes()
+    except OSError as exc:
+        raise ClientError(f"cannot read {source}: {exc}") from exc
+
+
+def chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, max(1, size)):
+        yield slice(start, min(n, start + size))
+
+
+def bytes_input(name: str, items: Sequence[bytes | str]) -> grpcclient.InferInput:
+    """A TYPE_STRING tensor [B, 1]."""
+    data = np.array([[x.encode("utf-8") if isinstance(x, str) else x] for x in items], dtype=np.object_)
+    tensor = grpcclient.InferInput(name, list(data.shape), "BYTES")
+    tensor.set_data_from_numpy(data.reshape(len(items), 1))
+    return tensor
+
+
+def array_input(name: str, array: np.ndarray) -> grpcclient.InferInput:
+    dtype = {np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32"}[array.dtype]
+    tensor = grpcclient.InferInput(name, list(array.shape), dtype)
+    tensor.set_data_from_numpy(np.ascontiguousarray(array))
+    return tensor
+
+
+def outputs(*names: str) -> list[grpcclient.InferRequestedOutput]:
+    return [grpcclient.InferRequestedOutput(n) for n in names]
+
+
+def search_request(texts: list[str], top_k: int | None) -> dict:
+    inputs = [bytes_input(P.TEXT, texts)]
+    if top_k is not None:
+        inputs.append(array_input(P.TOP_K, np.full((len(texts), 1), top_k, dtype=np.int32)))
+    return {"model_name": P.TEXT_SEARCH_MODEL, "inputs": inputs,
+            "outputs": outputs(P.VIDEO_IDS, P.SCORES, P.MATCHED_FRAMES)}
+
+
+def parse_search(result) -> list[list[SearchHit]]:
+    ids = result.as_numpy(P.VIDEO_IDS)  # [B, K] bytes
+    scores = result.as_numpy(P.SCORES)  # [B, K]
+    frames = result.as_numpy(P.MATCHED_FRAMES)  # [B, K, Np]
+    return [[SearchHit(_text(ids[b, k]), float(scores[b, k]), tuple(int(f) for f in frames[b, k]))
+             for k in range(ids.shape[1])] for b in range(ids.shape[0])]
+
+
+def encode_request(videos: list[bytes]) -> dict:
+    return {"model_name": P.ENCODE_VIDEO_MODEL, "inputs": [bytes_input(P.VIDEO, videos)],
+            "outputs": outputs(P.OBJECT_PROTOTYPES, P.EVENT_PROTOTYPES)}
+
+
+def score_request(texts: list[str], videos: list[bytes], beta: float | None) -> dict:
+    inputs = [bytes_input(P.TEXT, texts), bytes_input(P.VIDEO, videos)]
+    if beta is not None:
+        inputs.append(array_input(P.BETA, np.array([beta], dtype=np.float32)))
+    return {"model_name": P.SCORE_MODEL, "inputs": inputs, "outputs": outputs(P.SIMILARITY)}
+
+
+def video_ids_for(videos: Sequence[VideoSource], video_ids: Sequence[str] | None) -> list[str]:
+    """Ids default to file stems; bytes need explicit ids."""
+    if video_ids is not None:
+        if len(video_ids) != len(videos):
+            raise ClientError(f"{len(video_ids)} video ids for {len(videos)} videos")
+        return [str(v) for v in video_ids]
+    if any(isinstance(v, (bytes, bytearray, memoryview)) for v in videos):
+        raise ClientError("video_ids are required when videos are given as bytes")
+    return [Path(v).stem for v in videos]
+
+
+def upload_files(version: int, files: dict[str, bytes]) -> dict[str, bytes]:
+    """Triton file overrides: `file:<version>/<name>`."""
+    return {f"file:{version}/{name}": data for name, data in files.items()}
+
+
+def empty_prototypes(metadata: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-video arrays with the shapes the served encoder reports ([-1] + dims)."""
+    shapes = {o["name"]: [int(d) for d in o["shape"]] for o in metadata["outputs"]}
+    objects = np.zeros([0] + shapes[P.OBJECT_PROTOTYPES][1:], dtype=np.float32)
+    events = np.zeros([0] + shapes[P.EVENT_PROTOTYPES][1:], dtype=np.float32)
+    return objects, events
+
+
+def progress_bar(total: int, enabled: bool, desc: str):
+    """A tqdm bar when tqdm is installed and enabled, else a no-op with the same interface."""
+    if enabled:
+        try:
+            from tqdm import tqdm
+
+            return tqdm(total=total, desc=desc, unit="video")
+        except ImportError:
+            pass
+    return _NoBar()
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

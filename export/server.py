@@ -1,0 +1,313 @@
+"""`prost serve` and TritonServer: run tritonserver on a repository, wait for every model, stop cleanly.
+
+The binary is `tritonserver` from PATH when present, else the one in the nvidia-pytriton wheel (Triton 2.51, python
+backend only). For the wheel a backend directory is assembled under the log directory: links to the wheel's
+`backends/python/*` plus the python stub for this interpreter's version. The stub imports numpy, onnxruntime and prost
+from the environment the server starts in, so this interpreter's bin/ goes first on PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib.util
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from prost.errors import RepositoryError
+from prost_client.wire import REPOSITORY_KEY_HEADER
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+DEFAULT_CACHE_BYTES = 64 << 20
+_FAILED_LOAD = re.compile(r"failed to load '([^']+)' version (\d+): (.*)")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now (the OS picks it)."""
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct free ports, held open together while they are picked so none repeats."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def find_tritonserver() -> tuple[Path, Path | None]:
+    """(binary, wheel root or None): tritonserver from PATH, else the nvidia-pytriton wheel's."""
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return Path(on_path), None
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise RepositoryError("no tritonserver on PATH and nvidia-pytriton is not installed; "
+                              "install the project (`make setup`) or use the NGC tritonserver image")
+    root = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
+    binary = root / "bin" / "tritonserver"
+    if not binary.is_file():
+        raise RepositoryError(f"{binary} is missing from the nvidia-pytriton wheel")
+    return binary, root
+
+
+def python_backend_dir(wheel_root: Path, target: Path) -> Path:
+    """A backend directory whose python backend runs the stub built for this interpreter's Python version."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = wheel_root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise RepositoryError(f"the nvidia-pytriton wheel has no python backend stub for Python {version} ({stub})")
+    python = target / "python"
+    python.mkdir(parents=True, exist_ok=True)
+    links = {p.name: p for p in (wheel_root / "backends" / "python").iterdir() if p.is_file()}
+    links[stub.name] = stub
+    for name, source in links.items():
+        link = python / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(source)
+    return target
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+class TritonServer:
+    """A tritonserver process on one repository; a context manager that waits for readiness and stops on exit."""
+
+    def __init__(self, repository: str | Path, *, grpc_port: int = 8001, http_port: int = 8000,
+                 metrics_port: int = 8002, host: str = "127.0.0.1", log_dir: str | Path | None = None,
+                 models: list[str] | None = None, repository_key: str | None = None,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, ready_timeout: float = 180.0, grace: float = 30.0,
+                 extra_args: list[str] | None = None) -> None:
+        """
+        Args:
+            repository: the model repository (from `prost repository build`).
+            host: address of all three endpoints; 127.0.0.1 unless the server must be reachable from elsewhere.
+            log_dir: where `tritonserver.log` and the backend directory go (default: a new temp directory).
+            models: models loaded at start (default: all, `--load-model=*`).
+            repository_key: key of the restricted model-repository endpoints (default: generated).
+            cache_bytes: size of the local response cache.
+            ready_timeout: seconds to wait for every model to be ready.
+            grace: seconds between SIGINT and SIGKILL when stopping.
+        """
+        self.repository = Path(repository).resolve()
+        if not self.repository.is_dir():
+            raise RepositoryError(f"model repository {self.repository} does not exist; run `prost repository build`")
+        self.host, self.grpc_port, self.http_port, self.metrics_port = host, grpc_port, http_port, metrics_port
+        self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="prost-triton-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.log_dir / "tritonserver.log"
+        self.models = models
+        self.repository_key = repository_key or secrets.token_urlsafe(24)
+        self.cache_bytes, self.ready_timeout, self.grace = cache_bytes, ready_timeout, grace
+        self.extra_args = list(extra_args or [])
+        self.process: subprocess.Popen | None = None
+        self.startup_seconds: float | None = None
+
+    @property
+    def url(self) -> str:
+        """gRPC host:port for ProstClient."""
+        return f"{self._connect_host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self._connect_host}:{self.http_port}"
+
+    @property
+    def _connect_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        """The tritonserver command line and environment."""
+        binary, wheel_root = find_tritonserver()
+        key = f"{REPOSITORY_KEY_HEADER}={self.repository_key}"
+        args = [str(binary), f"--model-repository={self.repository}", "--model-control-mode=explicit",
+                f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+                f"--http-address={self.host}", f"--http-port={self.http_port}",
+                f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+                f"--cache-config=local,size={self.cache_bytes}",
+                f"--grpc-restricted-protocol=model-repository:{key}",
+                f"--http-restricted-api=model-repository:{key}",
+                f"--exit-timeout-secs={int(self.grace)}"]
+        args += [f"--load-model={m}" for m in (self.models or ["*"])]
+        if wheel_root is not None:
+            args += [f"--backend-directory={python_backend_dir(wheel_root, self.log_dir / 'backends')}",
+                     f"--cache-directory={wheel_root / 'caches'}"]
+        env = dict(os.environ)
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        return args + self.extra_args, env
+
+    def start(self) -> TritonServer:
+        """Start tritonserver and wait until every model is ready; RepositoryError says which model failed and why."""
+        if self.process is not None:
+            raise RepositoryError("this TritonServer is already started")
+        args, env = self.command()
+        started = time.monotonic()
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True, preexec_fn=_die_with_parent)
+        log.info("tritonserver pid %d on %s (gRPC), logs: %s", self.process.pid, self.url, self.log_path)
+        try:
+            self.wait_ready(self.ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - started
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RepositoryError(f"tritonserver exited with status {self.process.returncode}: "
+                                      f"{self.failure_summary()} (log: {self.log_path})")
+            states = self._model_states()
+            if states is not None and self._http_ok("/v2/health/ready"):
+                waiting = {m: s for m, s in states.items() if s[0] != "READY"}
+                if not waiting:
+                    return
+            if time.monotonic() > deadline:
+                raise RepositoryError(f"models not ready after {timeout:.0f} s: {self.failure_summary(states)} "
+                                      f"(log: {self.log_path})")
+            time.sleep(0.25)
+
+    def _model_states(self) -> dict[str, tuple[str, str]] | None:
+        """{model: (state, reason)} of the models to load, from the repository index; None while unreachable."""
+        try:
+            request = urllib.request.Request(f"{self.http_url}/v2/repository/index", data=b"{}", method="POST",
+                                             headers={REPOSITORY_KEY_HEADER: self.repository_key})
+            with urllib.request.urlopen(request, timeout=2) as response:
+                index = json.loads(response.read())
+        except (OSError, urllib.error.URLError, ValueError):
+            return None
+        states: dict[str, tuple[str, str]] = {}
+        for entry in index:
+            if self.models is None or entry["name"] in self.models:
+                state = entry.get("state", "UNKNOWN") or "UNKNOWN"
+                if state == "READY" or entry["name"] not in states:
+                    states[entry["name"]] = (state, entry.get("reason", ""))
+        return states
+
+    def _http_ok(self, path: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.http_url}{path}", timeout=2) as response:
+                return response.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def failure_summary(self, states: dict[str, tuple[str, str]] | None = None) -> str:
+        """Which models failed and why, from the repository index or the server log."""
+        failed = {m: f"{s}: {r}" if r else s for m, (s, r) in (states or {}).items() if s != "READY"}
+        for line in self.log_text().splitlines():
+            match = _FAILED_LOAD.search(line)
+            if match:
+                reason = match[3].rstrip('"').split("\\n\\nAt:")[0].replace("\\n", " ")  # drop the traceback
+                failed[match[1]] = f"version {match[2]}: {reason}"
+        if failed:
+            return "; ".join(f"{model}: {reason}" for model, reason in sorted(failed.items()))
+        tail = [line for line in self.log_text().splitlines() if line.strip()][-5:]
+        return " | ".join(tail) or "no output"
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> int | None:
+        """SIGINT, then SIGKILL after the grace period; returns the exit status."""
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(self.grace)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver did not stop within %.0f s; killing it", self.grace)
+                os.killpg(process.pid, signal.SIGKILL)  # its own session: the server and its python stubs
+                process.wait()
+        return process.returncode
+
+    def serve_forever(self) -> int:
+        """Block until the server exits, forwarding SIGINT/SIGTERM to it; returns its exit status."""
+        def forward(signum, _frame):
+            if self.process is not None and self.process.poll() is None:
+                self.process.send_signal(signum)
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            process = self.process
+            while process.poll() is None:
+                try:
+                    process.wait(1.0)
+                except subprocess.TimeoutExpired:
+                    continue
+            return process.returncode
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self.stop()
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("serve", help="run Triton on a model repository")
+    parser.add_argument("--repository", required=True, type=Path)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--host", default="127.0.0.1", help="address of all endpoints (default 127.0.0.1)")
+    parser.add_argument("--log-dir", type=Path, help="server log and backend directory (default: a temp dir)")
+    parser.add_argument("--repository-key", default=os.environ.get("PROST_REPOSITORY_KEY"),
+                        help="key for model load/unload (default: $PROST_REPOSITORY_KEY, else generated)")
+    parser.add_argument("--ready-timeout", type=float, default=300.0)
+    parser.set_defaults(func=_serve_cmd)
+
+
+def _serve_cmd(args: argparse.Namespace) -> int:
+    server = TritonServer(args.repository, grpc_port=args.grpc_port, http_port=args.http_port,
+                          metrics_port=args.metrics_port, host=args.host, log_dir=args.log_dir,
+                          repository_key=args.repository_key, ready_timeout=args.ready_timeout)
+    print(f"starting tritonserver on {args.repository}; logs: {server.log_path}", file=sys.stderr, flush=True)
+    server.start()
+    key_file = server.log_dir / "repository.key"
+    key_file.touch(mode=0o600)
+    key_file.write_text(server.repository_key + "\n")
+    print(f"ready in {server.startup_seconds:.1f} s: gRPC {server.url}, HTTP {server.http_url}, metrics "
+          f"{server._connect_host}:{server.metrics_port}\nrepository key (for load/unload, e.g. prost-client index): "
+          f"{key_file}\nlogs: {server.log_path}", file=sys.stderr, flush=True)
+    status = server.serve_forever()
+    print(f"tritonserver exited with status {status}; logs: {server.log_path}", file=sys.stderr)
+    return 0 if status in (0, -signal.SIGINT, -signal.SIGTERM) else 1

@@ -1,0 +1,1 @@
+"""prost_gallery implementation (installed with prost-serve; the version directory holds a tiny model.py)."""

@@ -1,0 +1,112 @@
+"""prost_client: torch-free imports, error mapping, the async client and the `prost-client` console script."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from prost_client import errors, gallery as G
+from prost_client.client import AsyncProstClient, ProstClient
+from prost_export.server import free_port
+
+CONSOLE = Path(sys.executable).parent / "prost-client"
+
+
+def run_console(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(CONSOLE), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_client_imports_without_torch_or_prost():
+    code = ("import prost_client.client, prost_client.cli, sys; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'prost', 'prost_export', 'onnxruntime')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("status, message, cls", [
+    ("StatusCode.INVALID_ARGUMENT", "TEXT[0] is empty", errors.InvalidRequestError),
+    ("StatusCode.NOT_FOUND", "unknown model", errors.NotFoundError),
+    ("StatusCode.UNAVAILABLE", "failed to connect to all addresses", errors.UnavailableError),
+    ("StatusCode.UNAVAILABLE", "This protocol is restricted, expecting header 'x'", errors.PermissionDeniedError),
+    ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", errors.DeadlineError),
+    ("StatusCode.INTERNAL", "stub crashed", errors.ServerError),
+])
+def test_grpc_status_maps_to_client_errors(status, message, cls):
+    error = errors.from_triton(InferenceServerException(message, status), "prost_text_search")
+    assert type(error) is cls and error.status == status.split(".")[1] and message in str(error)
+
+
+def test_unreachable_server_is_unavailable_after_retries():
+    with ProstClient(f"127.0.0.1:{free_port()}", timeout=2.0, retries=2) as c:
+        with pytest.raises(errors.UnavailableError):
+            c.search("anything")
+        with pytest.raises(errors.UnavailableError, match="not ready"):
+            c.wait_ready(timeout=0.5)
+
+
+def test_gallery_files_are_safetensors(tmp_path):
+    from safetensors.numpy import load_file
+
+    objects, events = np.random.rand(2, 3, 4, 5).astype(np.float32), np.random.rand(2, 3, 5).astype(np.float32)
+    files = G.gallery_files(["a", "b"], objects, events)
+    (tmp_path / G.TENSORS_FILE).write_bytes(files[G.TENSORS_FILE])
+    loaded = load_file(str(tmp_path / G.TENSORS_FILE))
+    assert loaded["objects"].dtype == np.float16
+    np.testing.assert_array_equal(loaded["objects"], objects.astype(np.float16))
+    assert json.loads(files[G.IDS_FILE])["video_ids"] == ["a", "b"]
+    with pytest.raises(ValueError, match="unique"):
+        G.gallery_files(["a", "a"], objects, events)
+
+
+def test_async_client_answers_like_the_sync_one(triton_server, client, published_gallery, synthetic_videos):
+    texts = ["a white star turns orange", "a cross"]
+
+    async def run():
+        async with AsyncProstClient(triton_server.url, timeout=60) as c:
+            await c.wait_ready(30)
+            return await c.search(texts, top_k=3), await c.score(texts, synthetic_videos[:2])
+
+    hits, scores = asyncio.run(run())
+    assert hits == client.search(texts, top_k=3)
+    np.testing.assert_allclose(scores, client.score(texts, synthetic_videos[:2]), atol=1e-6)
+
+
+def test_cli_search_json(triton_server, published_gallery):
+    result = run_console("--url", triton_server.url, "search", "a green square disappears", "a star", "--top-k", "2",
+                         "--json")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert [p["text"] for p in payload] == ["a green square disappears", "a star"]
+    for entry in payload:
+        assert len(entry["results"]) == 2 and entry["results"][0]["video_id"] in published_gallery[1]
+        assert entry["results"][0]["score"] >= entry["results"][1]["score"]
+
+
+def test_cli_index_and_score(triton_server, client, model_repository, synthetic_videos, tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for p in synthetic_videos[:3]:
+        (videos / p.name).write_bytes(p.read_bytes())
+    try:
+        result = run_console("--url", triton_server.url, "--repository-key", triton_server.repository_key, "index",
+                             str(videos), "--repository", str(model_repository), "--no-progress")
+        assert result.returncode == 0, result.stderr
+        assert f"version {client.gallery_version()} with 3 video(s)" in result.stdout
+        assert {h.video_id for h in client.search("anything", top_k=10)[0]} == {p.stem for p in synthetic_videos[:3]}
+        result = run_console("--url", triton_server.url, "score", "--text", "a cross", "--video",
+                             str(synthetic_videos[0]), "--json")
+        assert result.returncode == 0, result.stderr
+        served = json.loads(result.stdout)["scores"]
+        np.testing.assert_allclose(served, client.score(["a cross"], synthetic_videos[:1]), atol=1e-6)
+        result = run_console("--url", triton_server.url, "search", "")
+        assert result.returncode == 1 and "INVALID_ARGUMENT" not in result.stdout and "empty" in result.stderr
+    finally:  # leave the session's gallery as the other tests expect it
+        client.publish_gallery(synthetic_videos, repository=model_repository, progress=False)
+    assert len(client.search("anything", top_k=10)[0]) == len(synthetic_videos)

@@ -1,0 +1,198 @@
+"""The Triton repository writer: configs of every variant against Triton's schema, versioning, manifest checksums."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+import prost
+from prost.errors import RepositoryError
+from prost_client import gallery as G, protocol as P
+from prost_export.onnx import export_onnx
+from prost_export.repository import VARIANTS, register_cli, write_repository
+
+ALL_MODELS = {P.TOKENIZER_MODEL, P.TEXT_MODEL, P.VIDEO_MODEL, P.SIMILARITY_MODEL, P.VIDEO_DECODE_MODEL,
+              P.GALLERY_MODEL, P.TEXT_SEARCH_MODEL, P.ENCODE_VIDEO_MODEL, P.SCORE_MODEL}
+GRAPHS = {P.TEXT_MODEL: "text_prototypes", P.VIDEO_MODEL: "video_prototypes", P.SIMILARITY_MODEL: "similarity"}
+
+
+def read_config(repo: Path, model: str) -> mc.ModelConfig:
+    return text_format.Parse((repo / model / "config.pbtxt").read_text(), mc.ModelConfig())
+
+
+@pytest.fixture(scope="module")
+def export_with_plans(onnx_dir, tmp_path_factory) -> Path:
+    """A copy of the export plus engine files as `prost build-engines` names them (opaque bytes to the writer)."""
+    out = tmp_path_factory.mktemp("export_plans") / "export"
+    shutil.copytree(onnx_dir, out)
+    for graph in GRAPHS.values():
+        (out / f"{graph}.sm90.plan").write_bytes(b"engine for sm90 " + graph.encode())
+        (out / f"{graph}.plan").write_bytes(b"engine " + graph.encode())
+    return out
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_parses_against_triton_schema(variant, onnx_dir, export_with_plans, tmp_path):
+    source = export_with_plans if variant == "tensorrt" else onnx_dir
+    repo = write_repository(source, tmp_path / "repo", variant, max_batch_size=16, fp16=True)
+    configs = {m: read_config(repo, m) for m in ALL_MODELS}
+    assert {p.name for p in repo.iterdir() if p.is_dir()} == ALL_MODELS
+    config = prost.ProstConfig.from_dict(json.loads((onnx_dir / "manifest.json").read_text())["config"])
+    for name, cfg in configs.items():
+        assert cfg.name == name and (repo / name / "1").is_dir()
+    for name in GRAPHS:
+        cfg = configs[name]
+        backend = {"cpu": ("python", ""), "onnxruntime": ("onnxruntime", ""), "tensorrt": ("", "tensorrt_plan")}
+        assert (cfg.backend, cfg.platform) == backend[variant]
+        assert cfg.model_warmup and cfg.model_warmup[0].batch_size == 1
+        files = {p.name for p in (repo / name / "1").iterdir()}
+        expected = {"cpu": {"model.py", "model.onnx"}, "onnxruntime": {"model.onnx"},
+                    "tensorrt": {"model.plan", "model.sm90.plan"}}[variant]
+        assert files == expected
+        if variant == "tensorrt":
+            assert dict(cfg.cc_model_filenames) == {"9.0": "model.sm90.plan"}
+    text = configs[P.TEXT_MODEL]
+    assert [(i.name, list(i.dims)) for i in text.input] == [(P.TOKEN_IDS, [config.max_words])]
+    assert text.max_batch_size == 16 and text.response_cache.enable
+    if variant == "onnxruntime":
+        accel = text.optimization.execution_accelerators.gpu_execution_accelerator[0]
+        assert accel.name == "tensorrt" and accel.parameters["precision_mode"] == "FP16"
+        assert accel.parameters["trt_profile_max_shapes"] == f"{P.TOKEN_IDS}:16x{config.max_words}"
+        assert accel.parameters["trt_engine_cache_enable"] == "1"
+    if variant != "cpu":
+        assert list(text.dynamic_batching.preferred_batch_size) == [8, 16]
+    similarity = configs[P.SIMILARITY_MODEL]
+    beta = next(i for i in similarity.input if i.name == P.BETA)
+    assert similarity.max_batch_size == 0 and beta.optional == (variant == "cpu")
+    # Python models that take strings carry no warmup; every python model is a CPU instance group.
+    for name in (P.TOKENIZER_MODEL, P.VIDEO_DECODE_MODEL, P.GALLERY_MODEL):
+        assert configs[name].backend == "python" and not configs[name].model_warmup
+        assert configs[name].instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    _check_ensembles(configs)
+
+
+def _check_ensembles(configs: dict[str, mc.ModelConfig]) -> None:
+    """Ensemble rules Triton enforces at load: no instance groups or warmup, batch size within every step's."""
+    for name in (P.TEXT_SEARCH_MODEL, P.ENCODE_VIDEO_MODEL, P.SCORE_MODEL):
+        cfg = configs[name]
+        assert cfg.platform == "ensemble" and not cfg.instance_group and not cfg.model_warmup
+        produced = {i.name for i in cfg.input}
+        for step in cfg.ensemble_scheduling.step:
+            composing = configs[step.model_name]
+            assert cfg.max_batch_size <= composing.max_batch_size or composing.max_batch_size == 0 \
+                and cfg.max_batch_size == 0
+            assert set(step.input_map) <= {i.name for i in composing.input}
+            assert set(step.input_map.values()) <= produced, (name, step.model_name)
+            assert set(step.output_map) <= {o.name for o in composing.output}
+            produced |= set(step.output_map.values())
+        assert {o.name for o in cfg.output} <= produced
+    assert not configs[P.TEXT_SEARCH_MODEL].response_cache.enable  # see the writer's docstring
+    assert next(i for i in configs[P.TEXT_SEARCH_MODEL].input if i.name == P.TOP_K).optional
+
+
+def test_tensorrt_variant_needs_engines(onnx_dir, tmp_path):
+    with pytest.raises(RepositoryError, match=r"prost build-engines --export"):
+        write_repository(onnx_dir, tmp_path / "repo", "tensorrt")
+
+
+def test_tensorrt_batch_must_fit_the_engine_profile(export_with_plans, tmp_path):
+    export = tmp_path / "export"
+    shutil.copytree(export_with_plans, export)
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["engines"] = {g: {"file": f"{g}.sm90.plan", "profile": {"min": 1, "opt": 4, "max": 8}}
+                           for g in GRAPHS.values()}
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RepositoryError, match="profile max 8"):
+        write_repository(export, tmp_path / "big", "tensorrt", max_batch_size=32)
+    repo = write_repository(export, tmp_path / "ok", "tensorrt", max_batch_size=8, max_video_batch_size=8)
+    assert list(read_config(repo, P.TEXT_MODEL).dynamic_batching.preferred_batch_size) == [4, 8]
+
+
+def test_modified_export_is_refused(onnx_dir, tmp_path):
+    export = tmp_path / "export"
+    shutil.copytree(onnx_dir, export)
+    with open(export / "similarity.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(RepositoryError, match="sha256"):
+        write_repository(export, tmp_path / "repo")
+
+
+def test_rebuild_adds_versions_only_for_changed_models(onnx_dir, tmp_path):
+    repo = write_repository(onnx_dir, tmp_path / "repo")
+    write_repository(onnx_dir, repo)  # identical: nothing new
+    assert all(G.versions(repo / m) == [1] for m in ALL_MODELS)
+
+    write_repository(onnx_dir, repo, max_video_batch_size=4)  # only the video side changes
+    changed = {m for m in ALL_MODELS if G.versions(repo / m) == [1, 2]}
+    assert changed == {P.VIDEO_DECODE_MODEL, P.VIDEO_MODEL, P.ENCODE_VIDEO_MODEL}
+    assert read_config(repo, P.VIDEO_MODEL).max_batch_size == 4
+
+
+def test_gallery_survives_rebuilds_until_the_video_encoder_changes(onnx_dir, tmp_path):
+    import numpy as np
+
+    repo = write_repository(onnx_dir, tmp_path / "repo")
+    cfg = prost.ProstConfig.from_dict(json.loads((onnx_dir / "manifest.json").read_text())["config"])
+    h, d = cfg.head, cfg.embed_dim
+    files = G.gallery_files(["a", "b"], np.ones((2, h.num_frames, h.num_objects, d)), np.ones((2, h.num_events, d)))
+    files.update({n: (repo / P.GALLERY_MODEL / "1" / n).read_bytes() for n in (G.MODEL_FILE, G.SIMILARITY_FILE)})
+    assert G.write_version(repo / P.GALLERY_MODEL, files) == 2
+
+    write_repository(onnx_dir, repo, max_batch_size=8)  # new config: version 3 keeps the published gallery
+    assert G.versions(repo / P.GALLERY_MODEL) == [1, 2, 3]
+    ids = json.loads((repo / P.GALLERY_MODEL / "3" / G.IDS_FILE).read_text())["video_ids"]
+    assert ids == ["a", "b"]
+
+    other = export_onnx(prost.create_model("tiny", seed=1), tmp_path / "other", parity=False)
+    write_repository(other, repo, max_batch_size=8)  # new video encoder: the old prototypes are stale
+    assert G.versions(repo / P.GALLERY_MODEL) == [1, 2, 3, 4]
+    assert json.loads((repo / P.GALLERY_MODEL / "4" / G.IDS_FILE).read_text())["video_ids"] == []
+
+
+def test_manifest_lists_every_file_with_its_checksum(onnx_dir, tmp_path):
+    repo = write_repository(onnx_dir, tmp_path / "repo")
+    write_repository(onnx_dir, repo, queue_delay_us=100)
+    manifest = json.loads((repo / "manifest.json").read_text())
+    assert manifest["variant"] == "cpu" and set(manifest["models"]) == ALL_MODELS
+    listed = set()
+    for name, entry in manifest["models"].items():
+        assert entry["versions"] == G.versions(repo / name) and entry["latest"] == entry["versions"][-1]
+        for rel, digest in entry["files"].items():
+            assert G.sha256_file(repo / name / rel) == digest, rel
+            listed.add(f"{name}/{rel}")
+    on_disk = {p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert on_disk == listed
+    export = json.loads((onnx_dir / "manifest.json").read_text())
+    assert manifest["export"]["files"]["text_prototypes.onnx"] == export["files"]["text_prototypes.onnx"]["sha256"]
+    assert G.sha256_file(repo / P.TEXT_MODEL / "1" / "model.onnx") == manifest["export"]["files"][
+        "text_prototypes.onnx"]
+
+
+def test_gallery_model_py_is_what_the_client_uploads():
+    from importlib import resources
+
+    source = resources.files("prost_model_repository").joinpath("gallery/model.py").read_text()
+    assert source == G.MODEL_SOURCE
+
+
+def run_cli(argv: list[str]) -> int:
+    """`prost repository ...` through the subcommands this module registers (as prost.cli wires them)."""
+    parser = argparse.ArgumentParser(prog="prost")
+    register_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_builds_a_repository(onnx_dir, tmp_path, capsys):
+    assert run_cli(["repository", "build", "--export", str(onnx_dir), "--out", str(tmp_path / "repo"),
+                    "--variant", "cpu", "--max-batch-size", "8"]) == 0
+    assert "prost_text_search" in capsys.readouterr().out
+    assert read_config(tmp_path / "repo", P.TOKENIZER_MODEL).max_batch_size == 8
+    with pytest.raises(RepositoryError, match="prost export"):
+        run_cli(["repository", "build", "--export", str(tmp_path / "missing"), "--out", str(tmp_path / "repo2")])
