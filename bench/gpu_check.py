@@ -37,7 +37,7 @@ def throughput(fn, items: int, repeats: int = 5) -> float:
 
 def check_preset(preset: str, work: Path, batch: int, precision: str) -> list[tuple]:
     model = prost.create_model(preset, seed=0)
-    out = export_onnx(model, work / preset, parity_batch=1)
+    out = export_onnx(model, work / preset, parity_batches=(1,))
     engines = build_engines(out, precision=precision, profile=Profile(1, batch, batch))
     gpu_model = model.cuda().eval()
     rows = []

@@ -62,11 +62,9 @@ def example_inputs(spec: GraphSpec, batch: int = 2, seed: int = 0) -> dict[str, 
         shape = tuple(batch if isinstance(d, str) else d for d in t.shape)
         if t.dtype == "int32":
             out[t.name] = random_token_ids(rng, shape)
-        elif t.name.endswith("PROTOTYPES") or t.name == "SENTENCE_EMBEDDING":
-            x = rng.standard_normal(shape).astype(np.float32)
-            out[t.name] = x / np.linalg.norm(x, axis=-1, keepdims=True)
         else:
-            out[t.name] = rng.standard_normal(shape).astype(np.float32)
+            x = rng.standard_normal(shape).astype(np.float32)
+            out[t.name] = x / np.linalg.norm(x, axis=-1, keepdims=True) if t.normalised else x
     return out
 
 
@@ -145,14 +143,16 @@ def check_frame_mask(path: Path, model: ProstModel) -> None:
 
 
 def export_onnx(model: ProstModel, out_dir: str | Path, *, checkpoint: str | Path | None = None,
-                parity: bool = True, parity_batch: int = 2) -> Path:
+                parity: bool = True, parity_batches: tuple[int, ...] = (1, 3)) -> Path:
     """Write video_prototypes.onnx, text_prototypes.onnx, similarity.onnx and manifest.json into `out_dir`.
 
-    With `parity` (the default) the ONNX Runtime outputs are checked against PyTorch on fresh random inputs and
-    the export fails with a report of the worst tensor.
+    With `parity` (the default) the ONNX Runtime outputs are checked against PyTorch on fresh random inputs at each
+    of `parity_batches`; the export fails with a report of the worst tensor, and writes the manifest only after the
+    gate passed.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # a directory without a manifest is not a (valid) export
     model = model.eval()
     specs = graph_specs(model.config)
     modules = {"video_prototypes": EncoderGraph(model, "video"), "text_prototypes": EncoderGraph(model, "text"),
@@ -161,12 +161,13 @@ def export_onnx(model: ProstModel, out_dir: str | Path, *, checkpoint: str | Pat
         log.info("exporting %s", spec.onnx_file)
         export_graph(modules[name], spec, out / spec.onnx_file)
     check_frame_mask(out / specs["video_prototypes"].onnx_file, model)
-    write_manifest(model, out, specs, checkpoint)
     if parity:
         from prost_export.parity import check_random_parity
 
-        report = check_random_parity(model, out, batch=parity_batch)
-        log.info("parity gate passed: %s", report.summary())
+        for batch in parity_batches:  # batch sizes other than the traced one (2) prove the dynamic axis
+            report = check_random_parity(model, out, batch=batch)
+            log.info("parity gate passed at batch %d: %s", batch, report.summary())
+    write_manifest(model, out, specs, checkpoint)
     return out
 
 
@@ -189,7 +190,14 @@ def write_manifest(model: ProstModel, out: Path, specs: dict[str, GraphSpec], ch
                    for name, s in specs.items()},
         "files": files,
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json_atomic(out / MANIFEST, manifest)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def read_manifest(export_dir: str | Path) -> dict:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from prost.config import ProstConfig
 from prost.errors import DependencyError, ParityError
 from prost.model.prost import ProstModel
 from prost_export.specs import graph_specs
@@ -120,37 +122,77 @@ def check_random_parity(model: ProstModel, export_dir: Path, batch: int = 2, see
     return report
 
 
-def check_dataset_parity(model: ProstModel, export_dir: Path, data_dir: Path, split: str = "test",
-                         max_videos: int = 200, batch: int = 8) -> ParityReport:
-    """Decoded videos and captions of a dataset: prototypes within the fp32 gate, identical top-10 rankings."""
+# A backend runs one exported graph by name on numpy feeds: PyTorch, ONNX Runtime or a TensorRT engine.
+Backend = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def torch_backend(model: ProstModel) -> Backend:
+    return lambda graph, feeds: run_torch(model, graph, feeds)
+
+
+def onnx_backend(export_dir: Path, config: ProstConfig) -> Backend:
+    specs = graph_specs(config)
+    sessions = {name: onnx_session(export_dir / spec.onnx_file) for name, spec in specs.items()}
+    return lambda graph, feeds: run_onnx(sessions[graph], feeds)
+
+
+def dataset_scores(config: ProstConfig, backend: Backend, data_dir: Path, split: str = "test", max_videos: int = 200,
+                   batch: int = 8) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Prototypes of a split's videos and first captions, and their similarity [T, V], all through one backend."""
     from prost.data.datasets import load_split
     from prost.data.video import decode_video
     from prost.tokenizer import tokenize
 
-    cfg = model.config
     items = load_split(data_dir, split)[:max_videos]
-    frames = np.stack([decode_video(i.path, cfg.head.num_frames, cfg.vision.image_size).frames for i in items])
-    ids = tokenize([i.captions[0] for i in items], cfg.max_words)
-    specs = graph_specs(cfg)
-    report = ParityReport()
-    protos: dict[str, dict[str, list[np.ndarray]]] = {"torch": {}, "onnx": {}}
+    frames = np.stack([decode_video(i.path, config.head.num_frames, config.vision.image_size, i.start, i.end,
+                                    sample_fps=config.sample_fps).frames for i in items])
+    ids = tokenize([i.captions[0] for i in items], config.max_words)
+    specs = graph_specs(config)
+    outputs: dict[str, list[np.ndarray]] = {}
     for graph, array in (("video_prototypes", frames), ("text_prototypes", ids)):
-        session = onnx_session(export_dir / specs[graph].onnx_file)
         name = specs[graph].inputs[0].name
         for start in range(0, len(array), batch):
-            inputs = {name: array[start : start + batch]}
-            for key, outs in (("torch", run_torch(model, graph, inputs)), ("onnx", run_onnx(session, inputs))):
-                for out_name, value in outs.items():
-                    protos[key].setdefault(out_name, []).append(value)
-    merged = {k: {n: np.concatenate(v) for n, v in d.items()} for k, d in protos.items()}
-    compare(merged["torch"], merged["onnx"], report=report)
-    sim_session = onnx_session(export_dir / specs["similarity"].onnx_file)
-    beta = np.array([cfg.beta], dtype=np.float32)
-    ref = run_torch(model, "similarity", {**merged["torch"], "BETA": beta})["SIMILARITY"]
-    got = run_onnx(sim_session, {**merged["onnx"], "BETA": beta})["SIMILARITY"]
-    k = min(TOP_K, ref.shape[1])
-    differ = np.nonzero((np.argsort(-ref, axis=1)[:, :k] != np.argsort(-got, axis=1)[:, :k]).any(axis=1))[0]
-    if len(differ):
-        raise ParityError(f"top-{k} rankings differ for {len(differ)} of {len(ref)} queries (first: query {differ[0]})")
+            for out_name, value in backend(graph, {name: array[start : start + batch]}).items():
+                outputs.setdefault(out_name, []).append(value)
+    prototypes = {name: np.concatenate(parts) for name, parts in outputs.items()}
+    beta = np.array([config.beta], dtype=np.float32)
+    return prototypes, backend("similarity", {**prototypes, "BETA": beta})["SIMILARITY"]
+
+
+def check_dataset_parity(model: ProstModel, export_dir: Path, data_dir: Path, split: str = "test",
+                         max_videos: int = 200) -> ParityReport:
+    """Decoded videos and captions of a dataset: ONNX prototypes within the fp32 gate, identical top-10 rankings."""
+    config = model.config
+    ref_protos, ref = dataset_scores(config, torch_backend(model), data_dir, split, max_videos)
+    got_protos, got = dataset_scores(config, onnx_backend(export_dir, config), data_dir, split, max_videos)
+    report = compare(ref_protos, got_protos)
+    _check_rankings(ref, got)
     report.ranking_queries = len(ref)
     return report
+
+
+def check_backend_retrieval(export_dir: Path, config: ProstConfig, data_dir: Path, backend: Backend,
+                            tolerance_points: float, split: str = "test", max_videos: int = 500) -> dict:
+    """A backend against ONNX Runtime on a dataset: identical top-10 rankings when `tolerance_points` is 0, else
+    text-to-video R@1/5/10 within that many points. Returns both metric sets."""
+    from prost.metrics import RECALL_KS, text_to_video
+
+    _, ref = dataset_scores(config, onnx_backend(export_dir, config), data_dir, split, max_videos)
+    _, got = dataset_scores(config, backend, data_dir, split, max_videos)
+    truth = np.arange(len(ref))
+    metrics = {"onnxruntime": text_to_video(ref, truth), "candidate": text_to_video(got, truth)}
+    if tolerance_points == 0:
+        _check_rankings(ref, got)
+    for k in RECALL_KS:
+        delta = abs(metrics["candidate"][f"R@{k}"] - metrics["onnxruntime"][f"R@{k}"])
+        if delta > tolerance_points:
+            raise ParityError(f"R@{k} moved by {delta:.2f} points against ONNX Runtime (bound {tolerance_points})")
+    return metrics
+
+
+def _check_rankings(ref: np.ndarray, got: np.ndarray) -> None:
+    k = min(TOP_K, ref.shape[1])
+    order = lambda s: np.argsort(-s, axis=1, kind="stable")[:, :k]  # noqa: E731
+    differ = np.nonzero((order(ref) != order(got)).any(axis=1))[0]
+    if len(differ):
+        raise ParityError(f"top-{k} rankings differ for {len(differ)} of {len(ref)} queries (first: query {differ[0]})")

@@ -18,6 +18,7 @@ class TensorSpec:
     name: str
     dtype: str  # numpy dtype name: "float32" or "int32"
     shape: tuple[int | str, ...]
+    normalised: bool = False  # L2-normalised along the last axis (prototypes)
 
     @property
     def dynamic_axes(self) -> dict[int, str]:
@@ -36,10 +37,6 @@ class GraphSpec:
     def onnx_file(self) -> str:
         return f"{self.name}.onnx"
 
-    @property
-    def plan_file(self) -> str:
-        return f"{self.name}.plan"
-
 
 def graph_specs(config: ProstConfig) -> dict[str, GraphSpec]:
     """The three graphs of a ProST export for this configuration, keyed by name."""
@@ -48,21 +45,21 @@ def graph_specs(config: ProstConfig) -> dict[str, GraphSpec]:
     video = GraphSpec(
         "video_prototypes",
         (TensorSpec(p.FRAMES, "float32", (BATCH, h.num_frames, 3, s, s)),),
-        (TensorSpec(p.OBJECT_PROTOTYPES, "float32", (BATCH, *objects)),
-         TensorSpec(p.EVENT_PROTOTYPES, "float32", (BATCH, h.num_events, d))),
+        (TensorSpec(p.OBJECT_PROTOTYPES, "float32", (BATCH, *objects), True),
+         TensorSpec(p.EVENT_PROTOTYPES, "float32", (BATCH, h.num_events, d), True)),
     )
     text = GraphSpec(
         "text_prototypes",
         (TensorSpec(p.TOKEN_IDS, "int32", (BATCH, config.max_words)),),
-        (TensorSpec(p.PHRASE_PROTOTYPES, "float32", (BATCH, h.num_phrases, d)),
-         TensorSpec(p.SENTENCE_EMBEDDING, "float32", (BATCH, d))),
+        (TensorSpec(p.PHRASE_PROTOTYPES, "float32", (BATCH, h.num_phrases, d), True),
+         TensorSpec(p.SENTENCE_EMBEDDING, "float32", (BATCH, d), True)),
     )
     similarity = GraphSpec(
         "similarity",
-        (TensorSpec(p.PHRASE_PROTOTYPES, "float32", (TEXTS, h.num_phrases, d)),
-         TensorSpec(p.SENTENCE_EMBEDDING, "float32", (TEXTS, d)),
-         TensorSpec(p.OBJECT_PROTOTYPES, "float32", (VIDEOS, *objects)),
-         TensorSpec(p.EVENT_PROTOTYPES, "float32", (VIDEOS, h.num_events, d)),
+        (TensorSpec(p.PHRASE_PROTOTYPES, "float32", (TEXTS, h.num_phrases, d), True),
+         TensorSpec(p.SENTENCE_EMBEDDING, "float32", (TEXTS, d), True),
+         TensorSpec(p.OBJECT_PROTOTYPES, "float32", (VIDEOS, *objects), True),
+         TensorSpec(p.EVENT_PROTOTYPES, "float32", (VIDEOS, h.num_events, d), True),
          TensorSpec(p.BETA, "float32", (1,))),
         tuple(TensorSpec(n, "float32", (TEXTS, VIDEOS)) for n in (p.SIMILARITY, p.S_ES, p.S_OP)),
     )

@@ -8,7 +8,6 @@ plain fp16), with precision constraints obeyed.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import torch
 
 from prost.config import ProstConfig
 from prost.errors import DependencyError, ExportError
-from prost_export.onnx import MANIFEST, example_inputs, read_manifest, sha256
+from prost_export.onnx import MANIFEST, example_inputs, read_manifest, sha256, write_json_atomic
 from prost_export.parity import ParityReport, compare, onnx_session, run_onnx
 from prost_export.specs import GraphSpec, graph_specs
 
@@ -28,6 +27,7 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16")
 FP16_MIN_COSINE = 0.99
 FP16_RECALL_POINTS = 0.5  # R@1/5/10 may move by at most this many points in fp16
+FP16_SCORE_ATOL = 1e-2  # similarity scores (cosine sums) in fp16
 
 
 def require_tensorrt():
@@ -51,6 +51,10 @@ class Profile:
     min: int = 1
     opt: int = 8
     max: int = 32
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise ExportError(f"batch profile must satisfy 1 <= min <= opt <= max, got {self.min}/{self.opt}/{self.max}")
 
 
 def gpu_identity() -> dict:
@@ -96,7 +100,9 @@ def build_engine(onnx_path: Path, spec: GraphSpec, plan_path: Path, *, precision
         log.info("%s: %d normalisation/softmax/reduce layers kept in fp32", onnx_path.name, kept)
     cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
     cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        log.warning("timing cache %s was made by another TensorRT or GPU; building without its entries", timing_cache)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     started = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -110,17 +116,33 @@ def build_engine(onnx_path: Path, spec: GraphSpec, plan_path: Path, *, precision
 
 
 def _keep_fp32(network, trt) -> int:
-    """Pin LayerNorm, softmax and reductions (incl. the final L2 norm) to fp32 under OBEY_PRECISION_CONSTRAINTS."""
-    kinds = {trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE}
-    kept = 0
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if layer.type in kinds:
-            layer.precision = trt.float32
-            for j in range(layer.num_outputs):
+    """Pin LayerNorm, softmax and reductions to fp32 under OBEY_PRECISION_CONSTRAINTS, with the element-wise and
+    unary layers around each reduction: the L2 norm parses as square -> reduce -> sqrt, and the unnormalised SPG
+    prototypes (sums over all tokens) overflow fp16 when squared."""
+    anchors = {trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE}
+    neighbours = {trt.LayerType.ELEMENTWISE, trt.LayerType.UNARY}
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    producer = {layer.get_output(j).name: layer for layer in layers for j in range(layer.num_outputs)}
+    consumers: dict[str, list] = {}
+    for layer in layers:
+        for j in range(layer.num_inputs):
+            if layer.get_input(j) is not None:
+                consumers.setdefault(layer.get_input(j).name, []).append(layer)
+    pinned = {}
+    for layer in layers:
+        if layer.type not in anchors:
+            continue
+        pinned[layer.name] = layer
+        if layer.type == trt.LayerType.REDUCE:
+            around = [producer.get(layer.get_input(j).name) for j in range(layer.num_inputs)]
+            around += [c for j in range(layer.num_outputs) for c in consumers.get(layer.get_output(j).name, [])]
+            pinned.update({n.name: n for n in around if n is not None and n.type in neighbours})
+    for layer in pinned.values():
+        layer.precision = trt.float32
+        for j in range(layer.num_outputs):
+            if layer.get_output(j).dtype in (trt.float32, trt.float16):
                 layer.set_output_type(j, trt.float32)
-            kept += 1
-    return kept
+    return len(pinned)
 
 
 def check_engine_compatible(meta: dict) -> None:
@@ -141,8 +163,8 @@ class EngineRunner:
         check_engine_compatible(meta)
         trt = require_tensorrt()
         self._trt = trt
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # must outlive the engine
+        self.engine = self.runtime.deserialize_cuda_engine(plan_path.read_bytes())
         if self.engine is None:
             raise ExportError(f"cannot deserialize {plan_path}; rebuild with prost build-engines --export DIR")
         self.context = self.engine.create_execution_context()
@@ -171,38 +193,60 @@ class EngineRunner:
 
 
 def build_engines(export_dir: Path, *, precision: str = "fp32", profile: Profile = Profile(),
-                  timing_cache: Path | None = None, parity_batch: int = 2) -> dict:
-    """Engines for the three graphs of an export directory, the parity gate against ONNX Runtime, manifest update."""
+                  timing_cache: Path | None = None, data: Path | None = None) -> dict:
+    """Engines for the three graphs of an export directory, gated against ONNX Runtime, recorded in the manifest.
+
+    The manifest's "engines" is keyed by plan file (`<graph>.sm<cc>.plan`), so builds for several GPU architectures
+    live side by side; each entry names its graph and the sha256 of the ONNX file it was built from.
+    """
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
     config = ProstConfig.from_dict(manifest["config"])
     timing_cache = timing_cache or export_dir / "timing.cache"
+    cc = gpu_identity()["compute_capability"]
     engines = {}
     for name, spec in graph_specs(config).items():
-        cc = gpu_identity()["compute_capability"]
         log.info("building %s (%s, batch %d/%d/%d)", name, precision, profile.min, profile.opt, profile.max)
-        engines[name] = build_engine(export_dir / spec.onnx_file, spec, export_dir / plan_name(spec, cc),
-                                     precision=precision, profile=profile, timing_cache=timing_cache)
-    report = check_engine_parity(export_dir, config, engines, precision, batch=min(parity_batch, profile.max))
-    manifest.setdefault("engines", {}).update(engines)
-    manifest["engines_parity"] = report.summary()
-    (export_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        meta = build_engine(export_dir / spec.onnx_file, spec, export_dir / plan_name(spec, cc), precision=precision,
+                            profile=profile, timing_cache=timing_cache)
+        engines[name] = {**meta, "graph": name}
+    report = ParityReport()
+    for batch in sorted({profile.min, profile.max}):
+        check_engine_parity(export_dir, config, engines, precision, batch=batch, report=report)
+    if data is not None:
+        check_engine_retrieval(export_dir, config, engines, precision, data)
+    manifest.setdefault("engines", {}).update({meta["file"]: meta for meta in engines.values()})
+    manifest.setdefault("engines_parity", {})[cc] = report.summary()
+    write_json_atomic(export_dir / MANIFEST, manifest)
     return engines
 
 
-def check_engine_parity(export_dir: Path, config: ProstConfig, engines: dict, precision: str,
-                        batch: int = 2) -> ParityReport:
-    """Engines against ONNX Runtime on random inputs: the fp32 gate, or cosine >= 0.99 per prototype in fp16."""
-    report = ParityReport()
+def check_engine_parity(export_dir: Path, config: ProstConfig, engines: dict, precision: str, batch: int = 2,
+                        report: ParityReport | None = None) -> ParityReport:
+    """Engines against ONNX Runtime on random inputs: the fp32 gate, or in fp16 cosine >= 0.99 per prototype and
+    similarity scores within FP16_SCORE_ATOL."""
+    report = report or ParityReport()
     for name, spec in graph_specs(config).items():
-        feeds = example_inputs(spec, batch=batch, seed=4321)
+        feeds = example_inputs(spec, batch=batch, seed=4321 + batch)
         reference = run_onnx(onnx_session(export_dir / spec.onnx_file), feeds)
         got = EngineRunner(export_dir / engines[name]["file"], engines[name])(feeds)
         if precision == "fp32":
             compare(reference, got, report=report)
+        elif name == "similarity":
+            compare(reference, got, atol=FP16_SCORE_ATOL, min_cosine=FP16_MIN_COSINE, report=report)
         else:
             compare(reference, got, atol=None, min_cosine=FP16_MIN_COSINE, report=report)
     return report
+
+
+def check_engine_retrieval(export_dir: Path, config: ProstConfig, engines: dict, precision: str, data: Path) -> dict:
+    """Retrieval parity on a dataset's test split: engine R@1/5/10 within FP16_RECALL_POINTS of ONNX Runtime (fp16),
+    identical top-10 rankings (fp32)."""
+    from prost_export.parity import check_backend_retrieval
+
+    runners = {name: EngineRunner(export_dir / meta["file"], meta) for name, meta in engines.items()}
+    tolerance = 0.0 if precision == "fp32" else FP16_RECALL_POINTS
+    return check_backend_retrieval(export_dir, config, data, lambda graph, feeds: runners[graph](feeds), tolerance)
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
@@ -213,6 +257,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--opt-batch", type=int, default=8)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--timing-cache", type=Path, help="timing cache file (default: EXPORT/timing.cache)")
+    parser.add_argument("--data", type=Path, help="dataset whose test split gates retrieval (R@K) parity")
     parser.set_defaults(func=_build_cmd)
 
 
@@ -220,7 +265,7 @@ def _build_cmd(args: argparse.Namespace) -> int:
     require_tensorrt()
     engines = build_engines(Path(args.export), precision=args.precision,
                             profile=Profile(args.min_batch, args.opt_batch, args.max_batch),
-                            timing_cache=args.timing_cache)
+                            timing_cache=args.timing_cache, data=args.data)
     for name, meta in engines.items():
         print(f"{name}: {meta['file']} ({meta['precision']}, TensorRT {meta['tensorrt']}, {meta['gpu']}, "
               f"{meta['build_seconds']} s)")

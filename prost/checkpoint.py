@@ -66,7 +66,8 @@ def load_model(path: str | Path, *, preset: str | None = None, max_words: int | 
         state = load_file(str(path / WEIGHTS_FILE))
     else:
         state, hints = read_foreign(path)
-        config = infer_config(state, preset or hints.pop("preset", None), **hints)
+        hinted_preset = hints.pop("preset", None)
+        config = infer_config(state, preset or hinted_preset, **hints)
     overrides = {k: v for k, v in {"max_words": max_words, "shift_div": shift_div, "beta": beta}.items() if v is not None}
     if overrides:
         config = config.replace(**overrides)
@@ -137,6 +138,7 @@ def infer_config(state: dict[str, torch.Tensor], preset: str | None = None, **ov
         "head.num_phrases": state["word_prototype_weight.2.weight"].shape[0],
         "head.num_events": state["event_decoder.V"].shape[0],
         "head.decoder_layers": _count_blocks(state, "event_decoder.event_decoder.layers."),
+        "shift_blocks": _shifted_blocks(state, _count_blocks(state, "clip.visual.transformer.resblocks.")),
     }
     return base.replace(**sizes, **overrides)
 
@@ -145,6 +147,17 @@ def _require(state: dict, keys: list[str]) -> None:
     missing = [k for k in keys if k not in state]
     if missing:
         raise CheckpointError(f"not a ProST checkpoint: missing {', '.join(missing)}")
+
+
+def _shifted_blocks(state: dict, layers: int) -> int:
+    """How many visual blocks carry the token shift (`attn.net.` keys); they must be the last ones."""
+    shifted = sorted({int(k.split(".")[4]) for k in state if k.startswith("clip.visual.transformer.resblocks.")
+                      and ".attn.net." in k})
+    if not shifted:
+        return 2  # an unwrapped save (official test-mode remap): the official model shifts blocks 10-11
+    if shifted != list(range(layers - len(shifted), layers)):
+        raise CheckpointError(f"token-shift wrappers on visual blocks {shifted}; only the last blocks are supported")
+    return len(shifted)
 
 
 def _count_blocks(state: dict, prefix: str) -> int:

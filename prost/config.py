@@ -63,6 +63,7 @@ class ProstConfig:
     shift_div: int = 7  # n_div of the temporal token shift (7 for B/32, 14 for the B/16 port)
     shift_blocks: int = 2  # the last N visual blocks carry the token shift
     beta: float = 1.0  # S = S_es + beta * S_op (1.0 official main metric, 1.5 ModelScope port)
+    sample_fps: float | None = None  # frames kept per second before uniform sampling to L (official 1); None = all
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
@@ -104,7 +105,10 @@ class ProstConfig:
                 node = node[part]
             if leaf not in node:
                 raise ConfigError(f"unknown config key {dotted!r}; valid here: {', '.join(sorted(node))}")
-            node[leaf] = type(node[leaf])(value) if node[leaf] is not None else value
+            current = node[leaf]
+            if isinstance(value, str) and not isinstance(current, str):
+                value = json.loads(value)  # CLI strings: numbers, booleans, null
+            node[leaf] = type(current)(value) if current is not None and value is not None else value
         return ProstConfig.from_dict(data)
 
     def save(self, path: Path) -> None:

@@ -126,3 +126,23 @@ def test_not_a_checkpoint(tmp_path):
         load_model(tmp_path)
     with pytest.raises(CheckpointError, match="not found"):
         load_model(tmp_path / "nope.bin")
+
+
+def test_modelscope_with_an_explicit_preset(tmp_path):
+    torch.save(modelscope_state_dict(), tmp_path / "pytorch_model.bin")
+    model = load_model(tmp_path, preset="vit-b-32")
+    assert model.config.shift_div == 14 and model.config.beta == 1.5  # the port's settings still apply
+
+
+def test_shifted_blocks_are_read_from_the_wrappers(tmp_path):
+    state = official_state_dict()
+    for key in [k for k in state if "resblocks.10.attn.net." in k]:
+        state[key.replace("attn.net.", "attn.")] = state.pop(key)  # only block 11 wrapped
+    torch.save(state, tmp_path / "one.bin")
+    assert load_model(tmp_path / "one.bin").config.shift_blocks == 1
+    state = official_state_dict()
+    for key in [k for k in state if "resblocks.3.attn." in k]:
+        state[key.replace("attn.", "attn.net.")] = state.pop(key)  # a wrapper on an early block
+    torch.save(state, tmp_path / "early.bin")
+    with pytest.raises(CheckpointError, match=r"visual blocks \[3, 10, 11\]"):
+        load_model(tmp_path / "early.bin")

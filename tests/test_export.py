@@ -135,6 +135,18 @@ def test_export_cli_from_a_checkpoint(tmp_path):
 def test_vit_b_32_export_parity_and_hygiene(tmp_path):
     """The official MSR-VTT setting with random weights, batch 1 on CPU: export runs the gate and hygiene checks."""
     model = prost.create_model("vit-b-32", seed=0)
-    out = export_onnx(model, tmp_path, parity_batch=1)
+    out = export_onnx(model, tmp_path, parity_batches=(1,))
     video = onnx.load(str(out / "video_prototypes.onnx"), load_external_data=False).graph
     assert [d.dim_value for d in video.output[0].type.tensor_type.shape.dim][1:] == [12, 12, 512]
+
+
+def test_ranking_gate_on_decoded_synthetic_videos(tiny_export, tmp_path):
+    """The dataset gate: real mp4 files decoded as in training, prototypes within the gate, same top-10 rankings."""
+    from prost.data.synthetic import generate
+    from prost_export.parity import check_dataset_parity
+
+    model, out = tiny_export
+    data = generate(tmp_path / "synth", videos=30, seed=5)
+    report = check_dataset_parity(model, out, data, split="train", max_videos=16)
+    assert report.ranking_queries == 16
+    assert {r.name for r in report.rows} >= {p.OBJECT_PROTOTYPES, p.PHRASE_PROTOTYPES}

@@ -128,16 +128,20 @@ def token_batch(model, lengths, pad=0):
     return ids
 
 
-def test_padding_changes_phrase_prototypes_not_the_sentence(tiny):
-    ids = token_batch(tiny, [5])
-    other_pad = ids.clone()
-    other_pad[0, 7:] = 1  # same sentence, different padding token after EOT
+def test_padding_positions_feed_the_phrase_prototypes(tiny):
+    """Upstream pools phrases over all W positions, pads included; the sentence is the EOT feature."""
+    ids = token_batch(tiny, [5, 12])
     with torch.no_grad():
-        a, b = tiny.encode_text(ids), tiny.encode_text(other_pad)
-    # Pads feed the phrase weights (official behaviour) ...
-    assert not torch.allclose(a.phrases, b.phrases, atol=1e-4)
-    # ... but the causal mask keeps the EOT feature, hence the sentence embedding, unchanged.
-    assert torch.allclose(a.sentence, b.sentence, atol=1e-6)
+        text = tiny.encode_text(ids)
+        words = tiny.clip.encode_tokens(ids)  # [B, W, D]
+        weights = tiny.word_prototype_weight(words)  # [B, W, Np]
+    all_positions = l2_normalize(weights.transpose(1, 2) @ words)
+    real = (ids != 0).unsqueeze(-1).float()
+    real_only = l2_normalize((weights * real).transpose(1, 2) @ words)
+    assert torch.allclose(text.phrases, all_positions, atol=1e-6)
+    assert not torch.allclose(text.phrases, real_only, atol=1e-3)
+    eot = torch.tensor([6, 13])  # SOT + n tokens, then EOT
+    assert torch.allclose(text.sentence, l2_normalize(words[torch.arange(2), eot]), atol=1e-6)
 
 
 def test_encoders_shapes_and_unit_norm(tiny):
@@ -170,18 +174,28 @@ def test_frames_are_encoded_per_video_not_per_batch(tiny):
     assert not torch.allclose(other.objects[1, 0], batch.objects[1, 0], atol=1e-4)  # frame 0 sees frame 1 via shift
 
 
-def test_deterministic_mode(tiny):
-    cfg = tiny.config
-    frames = torch.randn(1, cfg.head.num_frames, 3, cfg.vision.image_size, cfg.vision.image_size)
+def test_training_step_runs_in_deterministic_mode():
+    """Forward and backward of the official loss under torch.use_deterministic_algorithms (errors on any op that
+    has no deterministic implementation on the current device), and two runs agree exactly."""
+    from prost.loss import prost_loss
+
+    model = prost.create_model("tiny", seed=0).train()
+    cfg = model.config
+    frames = torch.randn(2, cfg.head.num_frames, 3, cfg.vision.image_size, cfg.vision.image_size)
+    ids = token_batch(model, [4, 9])
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        with torch.no_grad():
-            first, second = tiny.encode_video(frames), tiny.encode_video(frames)
-            tiny.encode_text(token_batch(tiny, [4]))
+        grads = []
+        for _ in range(2):
+            torch.manual_seed(0)  # same dropout masks
+            model.zero_grad()
+            sim = model(frames, ids)
+            prost_loss(sim.s_es, sim.s_op, model.clip.logit_scale).backward()
+            grads.append(model.patch_prototype_weight[0].weight.grad.clone())
     finally:
         torch.use_deterministic_algorithms(previous)
-    assert torch.equal(first.objects, second.objects)
+    assert grads[0].abs().sum() > 0 and torch.equal(grads[0], grads[1])
 
 
 def test_wrong_input_shapes_are_rejected(tiny):

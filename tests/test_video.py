@@ -157,3 +157,17 @@ def test_empty_window_and_reversed_window_are_errors(long_video):
         decode_video(long_video, 8, S, start=5.0)
     with pytest.raises(DataError, match="before start"):
         decode_video(long_video, 8, S, start=1.0, end=0.5)
+
+
+def test_sample_fps_keeps_one_frame_per_period_as_the_official_loader(long_video):
+    """20 frames at 8 fps (2.5 s): 1 fps keeps frames at 0, 1 and 2 s, then the clip is zero-padded to L."""
+    one = decode_video(long_video, 8, S, sample_fps=1.0)
+    assert one.source_indices.tolist() == [0, 8, 16, -1, -1, -1, -1, -1]
+    assert one.mask.tolist() == [True] * 3 + [False] * 5
+    two = decode_video(long_video, 4, S, sample_fps=2.0)  # 5 frames at 0, 0.5, ..., 2 s, then linspace down to 4
+    assert two.source_indices.tolist() == [0, 4, 8, 16]
+
+
+def test_max_source_frames_refuses_long_clips_before_decoding(long_video):
+    with pytest.raises(DataError, match="20 frames, more than the limit of 10"):
+        decode_video(long_video, 8, S, max_source_frames=10)

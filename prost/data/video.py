@@ -79,15 +79,22 @@ def normalise(frames_uint8: np.ndarray) -> np.ndarray:
 
 
 def decode_video(
-    source: VideoSource, num_frames: int, image_size: int, start: float | None = None, end: float | None = None
+    source: VideoSource, num_frames: int, image_size: int, start: float | None = None, end: float | None = None,
+    *, sample_fps: float | None = None, max_source_frames: int | None = None,
 ) -> DecodedVideo:
-    """Decode L uniformly sampled frames of a clip (a path or an encoded file's bytes), within [start, end] seconds."""
-    frames, indices = read_frames(source, num_frames, image_size, start, end)
+    """Decode L uniformly sampled frames of a clip (a path or an encoded file's bytes), within [start, end] seconds.
+
+    `sample_fps` first keeps one frame per 1/sample_fps seconds (the official loader uses 1 fps); None keeps every
+    frame. `max_source_frames` bounds the work: a clip listing more frames is refused before any decoding.
+    """
+    frames, indices = read_frames(source, num_frames, image_size, start, end, sample_fps=sample_fps,
+                                  max_source_frames=max_source_frames)
     return DecodedVideo.from_uint8(frames, indices, num_frames)
 
 
 def read_frames(
-    source: VideoSource, num_frames: int, image_size: int, start: float | None = None, end: float | None = None
+    source: VideoSource, num_frames: int, image_size: int, start: float | None = None, end: float | None = None,
+    *, sample_fps: float | None = None, max_source_frames: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode the sampled frames as uint8 [n, S, S, 3] (n <= L) with their source indices [n], without padding."""
     name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
@@ -95,10 +102,13 @@ def read_frames(
         raise DataError(f"cannot read video {name}: window end {end} s is before start {start} s")
     _check_source(source, name)
     try:
-        chosen = _choose(_frame_times(source, name, decode=False), num_frames, start, end, name)
+        times = _frame_times(source, name, decode=False)
+        if max_source_frames is not None and len(times) > max_source_frames:
+            raise DataError(f"cannot read video {name}: {len(times)} frames, more than the limit of {max_source_frames}")
+        chosen = _choose(times, num_frames, start, end, name, sample_fps)
         frames = _convert(source, name, chosen, image_size)
         if len(frames) < len(chosen):  # the decoder dropped frames the container lists (e.g. a broken first GOP)
-            chosen = _choose(_frame_times(source, name, decode=True), num_frames, start, end, name)
+            chosen = _choose(_frame_times(source, name, decode=True), num_frames, start, end, name, sample_fps)
             frames = _convert(source, name, chosen, image_size)
     except av.FFmpegError as exc:
         raise DataError(f"cannot read video {name}: {exc.strerror or exc}") from exc
@@ -142,18 +152,24 @@ def _frame_times(source: VideoSource, name: str, decode: bool) -> list[Fraction 
 
 
 def _choose(
-    times: list[Fraction | None], num_frames: int, start: float | None, end: float | None, name: str
+    times: list[Fraction | None], num_frames: int, start: float | None, end: float | None, name: str,
+    sample_fps: float | None = None,
 ) -> np.ndarray:
-    """Indices of the frames to keep: those within [start, end] seconds from the first frame, sampled uniformly."""
+    """Indices of the frames to keep: those within [start, end] seconds from the first frame, optionally one per
+    1/sample_fps seconds (the first frame at or after each sampling time), then sampled uniformly down to L."""
     positions = np.arange(len(times))
     window = ""
-    if start is not None or end is not None:
+    if start is not None or end is not None or sample_fps:
         window = f" between {start if start is not None else 0} s and {end if end is not None else 'the end'}"
         if None in times:
             raise DataError(f"cannot read video {name}: frames have no timestamps, so no window{window} can be cut")
         seconds = np.asarray([float(t - times[0]) for t in times])
-        low, high = start if start is not None else -np.inf, end if end is not None else np.inf
+        low, high = start if start is not None else 0.0, end if end is not None else np.inf
         positions = positions[(seconds >= low) & (seconds <= high)]
+        if sample_fps and positions.size:
+            wanted = np.arange(seconds[positions[0]], seconds[positions[-1]] + 1e-9, 1.0 / sample_fps)
+            positions = np.unique(positions[np.minimum(np.searchsorted(seconds[positions], wanted - 1e-9),
+                                                       positions.size - 1)])
     if positions.size == 0:
         raise DataError(f"cannot read video {name}: it decodes to zero frames{window}")
     return positions[sample_indices(positions.size, num_frames)]

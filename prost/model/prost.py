@@ -61,10 +61,10 @@ class ProstModel(nn.Module):
             raise ValueError(f"token_ids must be [B, {self.config.max_words}], got {list(token_ids.shape)}")
         words = self.clip.encode_tokens(token_ids)  # [B, W, D]; padding positions included on purpose
         phrases = self.word_prototype_weight.pool(words)
-        # s = G at EOT, the largest id. argmax runs on float (not every ONNX backend has integer ArgMax; ids < 2^24
-        # are exact) and the pick is a one-hot sum, which exports without data-dependent shapes.
-        eot = token_ids.to(torch.float32).argmax(dim=-1, keepdim=True)  # [B, 1]
-        positions = torch.arange(token_ids.shape[1], device=token_ids.device)
+        # s = G at EOT, the last non-pad position (= sum(mask) - 1 upstream). Positions are small floats, exact even
+        # in fp16, and the pick is a one-hot sum: no ArgMax and no data-dependent shapes in the exported graph.
+        positions = torch.arange(token_ids.shape[1], device=token_ids.device, dtype=words.dtype)
+        eot = (positions * (token_ids != 0).to(words.dtype)).amax(dim=-1, keepdim=True)  # [B, 1]
         sentence = (words * (positions == eot).unsqueeze(-1).to(words.dtype)).sum(dim=1)
         return TextPrototypes(l2_normalize(phrases), l2_normalize(sentence))
 
