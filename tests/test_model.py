@@ -239,3 +239,21 @@ def test_loss_is_the_mean_of_four_infonce_terms():
     expected = (ce(100 * s_es, labels) + ce(100 * s_es.t(), labels) + ce(100 * s_op, labels)
                 + ce(100 * s_op.t(), labels)) / 4
     assert torch.allclose(prost_loss(s_es, s_op, scale), expected)
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+def test_attention_matches_torch_multihead_attention(heads):
+    """Our export-friendly attention equals nn.MultiheadAttention (the official module) with the same weights."""
+    from prost.model.attention import MASK_VALUE, MultiheadAttention
+
+    torch.manual_seed(0)
+    ours, ref = MultiheadAttention(32, heads).eval(), torch.nn.MultiheadAttention(32, heads).eval()
+    ref.load_state_dict(ours.state_dict())
+    q, kv = torch.randn(2, 5, 32), torch.randn(2, 7, 32)
+    blocked = torch.rand(5, 7) > 0.6
+    blocked[:, 0] = False  # every query sees something
+    with torch.no_grad():
+        expected = ref(q.transpose(0, 1), kv.transpose(0, 1), kv.transpose(0, 1), attn_mask=blocked,
+                       need_weights=False)[0].transpose(0, 1)
+        got = ours(q, kv, kv, torch.zeros(5, 7).masked_fill(blocked, MASK_VALUE))
+    assert torch.allclose(got, expected, atol=1e-6)

@@ -215,9 +215,10 @@ class ClipDataset(Dataset):
     """
 
     def __init__(self, items: Sequence[VideoItem], num_frames: int, image_size: int, context_length: int, *,
-                 train: bool = False, cache_bytes: int = 0) -> None:
+                 train: bool = False, cache_bytes: int = 0, sample_fps: float | None = None) -> None:
         self.items = list(items)
         self.num_frames, self.image_size, self.context_length = num_frames, image_size, context_length
+        self.sample_fps = sample_fps
         self.train = train
         ids: dict[str, int] = {}
         self.video_indices = [ids.setdefault(item.video_id, len(ids)) for item in self.items]
@@ -249,7 +250,8 @@ class ClipDataset(Dataset):
         entry = self.cache.get(key)
         if entry is None:
             try:
-                entry = read_frames(item.path, self.num_frames, self.image_size, item.start, item.end)
+                entry = read_frames(item.path, self.num_frames, self.image_size, item.start, item.end,
+                                    sample_fps=self.sample_fps)
             except DataError as exc:
                 self.skipped.add(item.path)
                 logger.warning("skipping unreadable video: %s", exc)
