@@ -29,11 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
     search.set_defaults(func=_search)
 
-    index = sub.add_parser("index", help="encode the videos of a directory and publish them as a new gallery")
+    index = sub.add_parser("index", help="encode the videos of a directory and publish them as a new gallery",
+                           description="Encode the videos of a directory and publish them as a new prost_gallery "
+                                       "version. With --repository the version is written into the served "
+                                       "repository (durable); without it the files are uploaded through Triton's "
+                                       "load API, which keeps them in a temporary directory: after a server restart "
+                                       "the repository's latest gallery serves again.")
     index.add_argument("directory", type=Path)
-    index.add_argument("--repository", type=Path, help="the served repository on this machine (writes the version)")
+    index.add_argument("--repository", type=Path,
+                       help="the served repository on this machine: the version is written there (durable)")
     index.add_argument("--similarity-onnx", type=Path,
-                       help="the export's similarity.onnx; needed to upload the gallery without --repository")
+                       help="the export's similarity.onnx; needed to upload the gallery without --repository "
+                            "(an upload is NOT durable: lost when the server restarts)")
     index.add_argument("--batch-size", type=int, default=4, help="videos per encode request")
     index.add_argument("--no-progress", action="store_true")
     index.set_defaults(func=_index)

@@ -1,15 +1,24 @@
 """ProstClient and AsyncProstClient: search, encode, score and gallery publishing over Triton gRPC.
 
 Imports only numpy, tritonclient[grpc], grpc and the standard library (no torch, no prost), so it installs anywhere.
+
+Both clients share every decision. Each operation is written once, in `_Base`, as a plan: a generator that yields
+the Triton calls it needs (a `Call`, a list of calls that may run concurrently, or a `Sleep`) and receives their
+results; a failed call is thrown into it as a ClientError. ProstClient runs plans with blocking calls,
+AsyncProstClient with awaited ones (lists via asyncio.gather), so on AsyncProstClient every public method returns an
+awaitable of what ProstClient's returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -23,11 +32,29 @@ from prost_client.wire import REPOSITORY_KEY_HEADER, SearchHit, VideoSource
 __all__ = ["AsyncProstClient", "ProstClient", "REPOSITORY_KEY_HEADER", "SearchHit"]
 
 # Models a client needs before it is "ready".
-READY_MODELS = (P.TEXT_SEARCH_MODEL, P.ENCODE_VIDEO_MODEL, P.SCORE_MODEL)
+READY_MODELS = (P.TEXT_SEARCH_MODEL, P.ENCODE_TEXT_MODEL, P.ENCODE_VIDEO_MODEL, P.SIMILARITY_MODEL, P.SCORE_MODEL)
+POLL_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class Call:
+    """One Triton call: an InferenceServerClient method, its keyword arguments, and the context of its errors."""
+
+    method: str
+    kwargs: dict = field(default_factory=dict)
+    context: str = ""
+
+
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+Plan = Generator[Any, Any, Any]
 
 
 class _Base:
-    """Settings and the pure (no-I/O) parts of publishing, shared by both clients."""
+    """Settings and every operation, as plans; subclasses only run them (`_run`)."""
 
     def __init__(self, url: str = "127.0.0.1:8001", *, timeout: float = 30.0, retries: int = 3,
                  repository_key: str | None = None, load_timeout: float = 300.0, text_batch_size: int = 32,
@@ -36,8 +63,10 @@ class _Base:
         Args:
             url: host:port of Triton's gRPC endpoint.
             timeout: client deadline per call, in seconds.
-            retries: gRPC-level retries with backoff on UNAVAILABLE (0 disables; gRPC caps attempts at 5).
-            repository_key: the server's key for the restricted model-repository endpoints (load/unload).
+            retries: gRPC-level retries with backoff on UNAVAILABLE (0 disables; gRPC caps attempts at 5). Only
+                reads and inference are retried, and only calls under `wire.PER_RPC_RETRY_BUFFER_BYTES` (16 MiB):
+                gRPC does not retry larger messages (e.g. big video batches).
+            repository_key: the server's key for the restricted model-repository endpoints (load/unload, index).
             load_timeout: deadline of a model load (publishing a gallery).
             text_batch_size, video_batch_size: items per request; must not exceed the served max_batch_size.
         """
@@ -45,50 +74,225 @@ class _Base:
         self.repository_key = repository_key
         self.text_batch_size, self.video_batch_size = text_batch_size, video_batch_size
         self._channel_args = wire.channel_args(retries)
-        self._score_beta: float | None | bool = False  # False: prost_score's config not read yet
+        self._exported_beta: float | None = None  # None: prost_score's config not read yet
 
-    def _beta_from_config(self, config: dict) -> float | None:
-        """None when prost_score's BETA input is optional (the server applies the exported beta; cpu variant),
-        else the exported beta from its parameters (ORT/TensorRT graphs need BETA fed)."""
-        entry = next((i for i in config.get("input", []) if i["name"] == P.BETA), None)
-        if entry is None or entry.get("optional"):
-            return None
-        return float(config["parameters"]["BETA"]["string_value"])
+    def _run(self, plan: Plan):
+        raise NotImplementedError
 
-    def _stage_local(self, repository: Path, files: dict[str, bytes], served: int | None) -> int:
-        """Write a new gallery version into a local repository (model.py and similarity.onnx from the latest).
+    # Public operations (AsyncProstClient: each returns an awaitable).
 
-        The version is above both the repository's and the served one (which an upload may have set): Triton's
-        response cache is keyed by version, so a number must never be reused for different content.
+    def wait_ready(self, timeout: float = 60.0, models: Sequence[str] = READY_MODELS) -> None:
+        """Block until the server is live and `models` are ready; UnavailableError names what is not."""
+        return self._run(self._wait_ready(timeout, list(models)))
+
+    def search(self, texts: str | Sequence[str], top_k: int | None = P.DEFAULT_TOP_K) -> list[list[SearchHit]]:
+        """Top-k gallery videos per text, best first; `top_k=None` uses the server default."""
+        return self._run(self._search(wire.as_texts(texts), top_k))
+
+    def encode_texts(self, texts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Phrase prototypes [T, Np, D] and sentence embeddings [T, D] of texts."""
+        return self._run(self._encode_texts(wire.as_texts(texts)))
+
+    def encode_videos(self, videos: Sequence[VideoSource], *, batch_size: int | None = None,
+                      progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Object prototypes [V, L, No, D] and event prototypes [V, Ne, D] of encoded video files (paths or bytes)."""
+        return self._run(self._encode_videos(list(videos), batch_size, progress))
+
+    def score(self, texts: str | Sequence[str], videos: Sequence[VideoSource], *,
+              beta: float | None = None) -> np.ndarray:
+        """S = S_es + beta * S_op [T, V] of every text against every video; `beta=None` uses the exported default.
+
+        Each text and each video is encoded once; the chunks are then paired with prost_similarity.
         """
+        return self._run(self._score(wire.as_texts(texts), list(videos), beta))
+
+    def publish_gallery(self, videos: Sequence[VideoSource], video_ids: Sequence[str] | None = None, *,
+                        repository: Path | None = None, similarity_onnx: Path | bytes | None = None,
+                        batch_size: int | None = None, progress: bool = True) -> int:
+        """Encode `videos` through Triton and publish them as a NEW version of prost_gallery; returns the version.
+
+        See `publish_prototypes` for `repository` and `similarity_onnx`.
+        """
+        return self._run(self._publish_gallery(list(videos), video_ids, repository, similarity_onnx, batch_size,
+                                               progress))
+
+    def publish_prototypes(self, video_ids: Sequence[str], objects: np.ndarray, events: np.ndarray, *,
+                           repository: Path | None = None, similarity_onnx: Path | bytes | None = None) -> int:
+        """Publish encoded prototypes (fp16 on disk) as a new prost_gallery version; an empty list clears it.
+
+        With `repository` (the served repository on this machine) the version is written there under the gallery's
+        lock, then loaded (the lock is held until the load settles, so concurrent publishers get successive
+        versions). Without it every file is uploaded with Triton's load API (file overrides, needs
+        `similarity_onnx`): Triton keeps uploaded files in a temporary directory, so such a version is NOT durable:
+        after a server restart the repository's latest version serves again. Concurrent uploads are not
+        coordinated. A load that times out or loses the server is not taken as a failure: the version's state is
+        polled, and a local version is removed only when Triton reports that it failed to load.
+        """
+        return self._run(self._publish_prototypes(list(video_ids), objects, events, repository, similarity_onnx))
+
+    def gallery_version(self) -> int | None:
+        """The highest served version of prost_gallery, or None when none is loaded."""
+        return self._run(self._gallery_version())
+
+    # Plans.
+
+    @property
+    def _settle_seconds(self) -> float:
+        """How long a publisher waits for another one's lock, or for a timed-out load to settle."""
+        return max(self.load_timeout, self.timeout)
+
+    def _call(self, method: str, context: str, **kwargs) -> Call:
+        kwargs.setdefault("client_timeout", self.timeout)
+        return Call(method, kwargs, context)
+
+    def _infer(self, request: dict) -> Call:
+        return self._call("infer", request["model_name"], **request)
+
+    def _wait_ready(self, timeout: float, models: list[str]) -> Plan:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                live = yield self._call("is_server_live", "live", client_timeout=min(5.0, self.timeout))
+                ready = (yield [self._call("is_model_ready", m, model_name=m, client_timeout=5.0) for m in models]
+                         ) if live else []
+                waiting = [m for m, r in zip(models, ready) if not r]
+                last = f"not ready: {', '.join(waiting)}" if live else "server not live"
+            except ClientError as exc:
+                live, last = False, str(exc)
+            if live and not waiting:
+                return
+            if time.monotonic() > deadline:
+                raise UnavailableError(f"{self.url} not ready after {timeout:.0f} s ({last})", "UNAVAILABLE")
+            yield Sleep(POLL_SECONDS)
+
+    def _search(self, texts: list[str], top_k: int | None) -> Plan:
+        parts = wire.chunks(len(texts), self.text_batch_size)
+        results = yield [self._infer(wire.search_request(texts[p], top_k)) for p in parts]
+        return [hits for result in results for hits in wire.parse_search(result)]
+
+    def _metadata(self, model: str) -> Call:
+        return self._call("get_model_metadata", model, model_name=model, as_json=True)
+
+    def _encode_texts(self, texts: list[str]) -> Plan:
+        names = (P.PHRASE_PROTOTYPES, P.SENTENCE_EMBEDDING)
+        if not texts:
+            return wire.empty_outputs((yield self._metadata(P.ENCODE_TEXT_MODEL)), *names)
+        results = yield [self._infer(wire.encode_text_request(texts[p]))
+                         for p in wire.chunks(len(texts), self.text_batch_size)]
+        return tuple(np.concatenate([r.as_numpy(n) for r in results]) for n in names)
+
+    def _encode_videos(self, videos: list[VideoSource], batch_size: int | None, progress: bool) -> Plan:
+        names = (P.OBJECT_PROTOTYPES, P.EVENT_PROTOTYPES)
+        if not videos:
+            return wire.empty_outputs((yield self._metadata(P.ENCODE_VIDEO_MODEL)), *names)
+        results = []
+        with contextlib.closing(wire.progress_bar(len(videos), progress, "encode")) as bar:
+            for part in wire.chunks(len(videos), batch_size or self.video_batch_size):  # one batch in memory at a time
+                results.append((yield self._infer(wire.encode_request([wire.read_bytes(v) for v in videos[part]]))))
+                bar.update(part.stop - part.start)
+        return tuple(np.concatenate([r.as_numpy(n) for r in results]) for n in names)
+
+    def _score(self, texts: list[str], videos: list[VideoSource], beta: float | None) -> Plan:
+        if beta is None:
+            if self._exported_beta is None:
+                config = yield self._call("get_model_config", P.SCORE_MODEL, model_name=P.SCORE_MODEL, as_json=True)
+                self._exported_beta = wire.exported_beta(config["config"])
+            beta = self._exported_beta
+        text_parts = list(wire.chunks(len(texts), self.text_batch_size))
+        video_parts = list(wire.chunks(len(videos), self.video_batch_size))
+        if not text_parts or not video_parts:
+            return np.zeros((len(texts), len(videos)), np.float32)
+        encoded = yield ([self._infer(wire.encode_text_request(texts[p])) for p in text_parts]
+                         + [self._infer(wire.encode_request([wire.read_bytes(v) for v in videos[p]]))
+                            for p in video_parts])
+        text, video = encoded[:len(text_parts)], encoded[len(text_parts):]
+        scores = yield [self._infer(wire.similarity_request(t, v, beta)) for t in text for v in video]
+        return wire.assemble_scores(scores, len(text), len(video))
+
+    def _publish_gallery(self, videos, video_ids, repository, similarity_onnx, batch_size, progress) -> Plan:
+        ids = wire.video_ids_for(videos, video_ids)
+        if repository is None:
+            wire.upload_files(0, {}, similarity_onnx)  # fail before encoding when the graph is missing
+        objects, events = yield from self._encode_videos(videos, batch_size, progress)
+        return (yield from self._publish_prototypes(ids, objects, events, repository, similarity_onnx))
+
+    def _publish_prototypes(self, video_ids, objects, events, repository, similarity_onnx) -> Plan:
+        files = gallery.gallery_files(video_ids, objects, events)
+        if repository is None:
+            known = yield from self._gallery_states()
+            config = yield self._call("get_model_config", P.GALLERY_MODEL, model_name=P.GALLERY_MODEL, as_json=True)
+            version = max(known, default=0) + 1
+            yield from self._load(version, None, config=json.dumps(config["config"]),
+                                  files=wire.upload_files(version, files, similarity_onnx))
+            return version
         model_dir = Path(repository) / P.GALLERY_MODEL
-        existing = gallery.versions(model_dir)
-        if not existing:
-            raise ClientError(f"{model_dir} has no version directory; build it with `prost repository build`")
-        latest = model_dir / str(existing[-1])
-        for name in (gallery.MODEL_FILE, gallery.SIMILARITY_FILE):
-            if not (latest / name).is_file():
-                raise ClientError(f"{latest / name} is missing; rebuild the repository with `prost repository build`")
-            files[name] = (latest / name).read_bytes()
-        version = gallery.write_version(model_dir, files, minimum=(served or 0) + 1)
-        gallery.update_manifest(Path(repository), P.GALLERY_MODEL)
-        return version
+        if not model_dir.is_dir():
+            raise ClientError(f"{model_dir} does not exist: pass the served repository (`prost repository build`)")
+        lock = gallery.DirectoryLock(model_dir, timeout=self._settle_seconds)
+        deadline = time.monotonic() + lock.timeout
+        while not lock.try_acquire():  # polled, so an asyncio loop keeps running while another publisher loads
+            if time.monotonic() > deadline:
+                raise lock.busy_error()
+            yield Sleep(POLL_SECONDS)
+        try:
+            known = yield from self._gallery_states()
+            version = gallery.stage_version(Path(repository), P.GALLERY_MODEL, files, max(known, default=0) + 1)
+            yield from self._load(version, Path(repository))
+            return version
+        finally:
+            lock.release()
 
-    @staticmethod
-    def _unstage_local(repository: Path, version: int) -> None:
-        """Remove a version whose load failed, so the repository matches what is served."""
-        gallery.remove_version(Path(repository) / P.GALLERY_MODEL, version)
-        gallery.update_manifest(Path(repository), P.GALLERY_MODEL)
+    def _load(self, version: int, repository: Path | None, **upload) -> Plan:
+        """Load prost_gallery and settle `version`: ready, or failed (a local version is then removed)."""
+        context = f"load {P.GALLERY_MODEL} version {version}"
+        try:
+            yield self._call("load_model", context, model_name=P.GALLERY_MODEL, client_timeout=self.load_timeout,
+                             headers=wire.key_headers(self.repository_key), **upload)
+        except ClientError as exc:
+            if not wire.load_may_still_finish(exc):
+                gallery.unstage_version(repository, P.GALLERY_MODEL, version)
+                raise
+            outcome, reason = yield from self._settle(version)
+            if outcome is None:
+                kept = f" and stays in {repository / P.GALLERY_MODEL}" if repository else ""
+                raise type(exc)(f"{exc}; version {version} may still be loading ({reason}){kept}; it serves once "
+                                f"loaded (see gallery_version())", exc.status) from None
+            if outcome == "failed":
+                gallery.unstage_version(repository, P.GALLERY_MODEL, version)
+                raise ClientError(f"{context}: {reason}") from None
+        ready = yield self._call("is_model_ready", P.GALLERY_MODEL, model_name=P.GALLERY_MODEL,
+                                 model_version=str(version))
+        if not ready:
+            raise ClientError(f"{P.GALLERY_MODEL} version {version} was loaded but is not ready; see the server log")
 
-    @staticmethod
-    def _upload_files(files: dict[str, bytes], similarity_onnx: Path | bytes | None) -> dict[str, bytes]:
-        if similarity_onnx is None:
-            raise ClientError("publishing without the served repository uploads every file of the gallery model: "
-                              "pass similarity_onnx (CLI: --similarity-onnx, the export's similarity.onnx), or "
-                              "repository (CLI: --repository, the served repository on this machine)")
-        files[gallery.MODEL_FILE] = gallery.MODEL_SOURCE.encode()
-        files[gallery.SIMILARITY_FILE] = wire.read_bytes(similarity_onnx)
-        return files
+    def _settle(self, version: int) -> Plan:
+        """Poll the repository index until `version` is ready or failed; (outcome, reason), outcome None if unknown."""
+        deadline = time.monotonic() + self._settle_seconds
+        reason = "not listed yet"
+        while time.monotonic() < deadline:
+            try:
+                state, reason = (yield from self._gallery_states()).get(version, ("", "not listed yet"))
+                outcome = wire.load_outcome(state, reason)
+                if outcome:
+                    return outcome, reason
+                reason = state.lower() or reason
+            except ClientError as exc:
+                reason = str(exc)
+            yield Sleep(POLL_SECONDS)
+        return None, reason
+
+    def _gallery_states(self) -> Plan:
+        """{version: (state, reason)} of every prost_gallery version the server knows, failed ones included."""
+        index = yield self._call("get_model_repository_index", "repository index", as_json=True,
+                                 headers=wire.key_headers(self.repository_key))
+        return wire.model_versions(index, P.GALLERY_MODEL)
+
+    def _gallery_version(self) -> Plan:
+        try:
+            meta = yield self._metadata(P.GALLERY_MODEL)
+        except NotFoundError:
+            return None
+        return max((int(v) for v in meta.get("versions", [])), default=None)
 
 
 class ProstClient(_Base):
@@ -107,127 +311,32 @@ class ProstClient(_Base):
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _call(self, context: str, fn, *args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except InferenceServerException as exc:
-            raise from_triton(exc, context) from None
-
-    def _infer(self, request: dict):
-        return self._call(request["model_name"], self._triton.infer, client_timeout=self.timeout, **request)
-
-    def wait_ready(self, timeout: float = 60.0, models: Sequence[str] = READY_MODELS) -> None:
-        """Block until the server is live and `models` are ready; UnavailableError names what is not."""
-        deadline = time.monotonic() + timeout
+    def _run(self, plan: Plan):
+        result, error = None, None
         while True:
-            waiting, last = list(models), "server not live"
             try:
-                if self._triton.is_server_live(client_timeout=min(5.0, self.timeout)):
-                    waiting = [m for m in models if not self._triton.is_model_ready(m, client_timeout=5.0)]
-                    last = f"not ready: {', '.join(waiting)}"
-            except InferenceServerException as exc:
-                last = str(exc)
-            if not waiting and last != "server not live":
-                return
-            if time.monotonic() > deadline:
-                raise UnavailableError(f"{self.url} not ready after {timeout:.0f} s ({last})", "UNAVAILABLE")
-            time.sleep(0.25)
-
-    def search(self, texts: str | Sequence[str], top_k: int | None = P.DEFAULT_TOP_K) -> list[list[SearchHit]]:
-        """Top-k gallery videos per text, best first; `top_k=None` uses the server default."""
-        texts = wire.as_texts(texts)
-        hits: list[list[SearchHit]] = []
-        for part in wire.chunks(len(texts), self.text_batch_size):
-            hits += wire.parse_search(self._infer(wire.search_request(texts[part], top_k)))
-        return hits
-
-    def encode_videos(self, videos: Sequence[VideoSource], *, batch_size: int | None = None,
-                      progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Object prototypes [V, L, No, D] and event prototypes [V, Ne, D] of encoded video files (paths or bytes)."""
-        videos = list(videos)
-        if not videos:
-            meta = self._call(P.ENCODE_VIDEO_MODEL, self._triton.get_model_metadata, P.ENCODE_VIDEO_MODEL,
-                              as_json=True, client_timeout=self.timeout)
-            return wire.empty_prototypes(meta)
-        objects, events = [], []
-        bar = wire.progress_bar(len(videos), progress, "encode")
-        try:
-            for part in wire.chunks(len(videos), batch_size or self.video_batch_size):
-                result = self._infer(wire.encode_request([wire.read_bytes(v) for v in videos[part]]))
-                objects.append(result.as_numpy(P.OBJECT_PROTOTYPES))
-                events.append(result.as_numpy(P.EVENT_PROTOTYPES))
-                bar.update(part.stop - part.start)
-        finally:
-            bar.close()
-        return np.concatenate(objects), np.concatenate(events)
-
-    def score(self, texts: str | Sequence[str], videos: Sequence[VideoSource], *,
-              beta: float | None = None) -> np.ndarray:
-        """S = S_es + beta * S_op [T, V] of every text against every video; `beta=None` uses the exported default."""
-        texts, data = wire.as_texts(texts), [wire.read_bytes(v) for v in videos]
-        if beta is None:
-            if self._score_beta is False:
-                self._score_beta = self._beta_from_config(self._call(
-                    P.SCORE_MODEL, self._triton.get_model_config, P.SCORE_MODEL, as_json=True,
-                    client_timeout=self.timeout)["config"])
-            beta = self._score_beta
-        rows = []
-        for tp in wire.chunks(len(texts), self.text_batch_size):
-            cols = [self._infer(wire.score_request(texts[tp], data[vp], beta)).as_numpy(P.SIMILARITY)
-                    for vp in wire.chunks(len(data), self.video_batch_size)]
-            rows.append(np.concatenate(cols, axis=1) if cols else np.zeros((tp.stop - tp.start, 0), np.float32))
-        return np.concatenate(rows) if rows else np.zeros((0, len(data)), np.float32)
-
-    def publish_gallery(self, videos: Sequence[VideoSource], video_ids: Sequence[str] | None = None, *,
-                        repository: Path | None = None, similarity_onnx: Path | bytes | None = None,
-                        batch_size: int | None = None, progress: bool = True) -> int:
-        """Encode `videos` through Triton and publish them as a NEW version of prost_gallery; returns the version.
-
-        With `repository` (the served repository on this machine) the version is written there, then loaded; without
-        it every file is uploaded with Triton's load API (file overrides), which needs `similarity_onnx`.
-        """
-        ids = wire.video_ids_for(videos, video_ids)
-        if repository is None and similarity_onnx is None:
-            self._upload_files({}, None)  # fail before encoding
-        objects, events = self.encode_videos(videos, batch_size=batch_size, progress=progress)
-        return self.publish_prototypes(ids, objects, events, repository=repository, similarity_onnx=similarity_onnx)
-
-    def publish_prototypes(self, video_ids: Sequence[str], objects: np.ndarray, events: np.ndarray, *,
-                           repository: Path | None = None, similarity_onnx: Path | bytes | None = None) -> int:
-        """Publish already encoded prototypes (fp16 on disk) as a new gallery version; an empty list clears it."""
-        files = gallery.gallery_files(video_ids, objects, events)
-        headers = wire.key_headers(self.repository_key)
-        if repository is not None:
-            version = self._stage_local(repository, files, self.gallery_version())
+                step = plan.send(result) if error is None else plan.throw(error)
+            except StopIteration as stop:
+                return stop.value
             try:
-                self._call("load", self._triton.load_model, P.GALLERY_MODEL, headers=headers,
-                           client_timeout=self.load_timeout)
-            except ClientError:
-                self._unstage_local(repository, version)
-                raise
-        else:
-            files = self._upload_files(files, similarity_onnx)
-            config = self._call(P.GALLERY_MODEL, self._triton.get_model_config, P.GALLERY_MODEL, as_json=True,
-                                client_timeout=self.timeout)["config"]
-            version = (self.gallery_version() or 0) + 1
-            self._call("load", self._triton.load_model, P.GALLERY_MODEL, headers=headers, config=json.dumps(config),
-                       files=wire.upload_files(version, files), client_timeout=self.load_timeout)
-        if not self._triton.is_model_ready(P.GALLERY_MODEL, str(version), client_timeout=self.timeout):
-            raise ClientError(f"{P.GALLERY_MODEL} version {version} was loaded but is not ready; see the server log")
-        return version
+                result, error = self._perform(step), None
+            except BaseException as exc:  # into the plan: its handlers decide, its `finally` (locks) always runs
+                result, error = None, exc
 
-    def gallery_version(self) -> int | None:
-        """The highest served version of prost_gallery, or None when none is loaded."""
+    def _perform(self, step):
+        if isinstance(step, list):
+            return [self._perform(s) for s in step]
+        if isinstance(step, Sleep):
+            return time.sleep(step.seconds)
         try:
-            meta = self._call(P.GALLERY_MODEL, self._triton.get_model_metadata, P.GALLERY_MODEL, as_json=True,
-                              client_timeout=self.timeout)
-        except NotFoundError:
-            return None
-        return max((int(v) for v in meta.get("versions", [])), default=None)
+            return getattr(self._triton, step.method)(**step.kwargs)
+        except InferenceServerException as exc:
+            raise from_triton(exc, step.context) from None
 
 
 class AsyncProstClient(_Base):
-    """asyncio client (tritonclient.grpc.aio) with the methods of ProstClient; create it inside the running loop."""
+    """asyncio client (tritonclient.grpc.aio): ProstClient's methods, each returning an awaitable; create it inside
+    the running loop."""
 
     def __init__(self, url: str = "127.0.0.1:8001", **kwargs) -> None:
         super().__init__(url, **kwargs)
@@ -242,111 +351,24 @@ class AsyncProstClient(_Base):
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
-    async def _call(self, context: str, fn, *args, **kwargs):
-        try:
-            return await fn(*args, **kwargs)
-        except InferenceServerException as exc:
-            raise from_triton(exc, context) from None
-
-    async def _infer(self, request: dict):
-        return await self._call(request["model_name"], self._triton.infer, client_timeout=self.timeout, **request)
-
-    async def wait_ready(self, timeout: float = 60.0, models: Sequence[str] = READY_MODELS) -> None:
-        deadline = time.monotonic() + timeout
+    async def _run(self, plan: Plan):
+        result, error = None, None
         while True:
-            waiting, last = list(models), "server not live"
             try:
-                if await self._triton.is_server_live(client_timeout=min(5.0, self.timeout)):
-                    waiting = [m for m in models if not await self._triton.is_model_ready(m, client_timeout=5.0)]
-                    last = f"not ready: {', '.join(waiting)}"
-            except InferenceServerException as exc:
-                last = str(exc)
-            if not waiting and last != "server not live":
-                return
-            if time.monotonic() > deadline:
-                raise UnavailableError(f"{self.url} not ready after {timeout:.0f} s ({last})", "UNAVAILABLE")
-            await asyncio.sleep(0.25)
-
-    async def search(self, texts: str | Sequence[str], top_k: int | None = P.DEFAULT_TOP_K) -> list[list[SearchHit]]:
-        texts = wire.as_texts(texts)
-        parts = list(wire.chunks(len(texts), self.text_batch_size))
-        results = await asyncio.gather(*(self._infer(wire.search_request(texts[p], top_k)) for p in parts))
-        return [hits for result in results for hits in wire.parse_search(result)]
-
-    async def encode_videos(self, videos: Sequence[VideoSource], *, batch_size: int | None = None,
-                            progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        videos = list(videos)
-        if not videos:
-            meta = await self._call(P.ENCODE_VIDEO_MODEL, self._triton.get_model_metadata, P.ENCODE_VIDEO_MODEL,
-                                    as_json=True, client_timeout=self.timeout)
-            return wire.empty_prototypes(meta)
-        objects, events = [], []
-        bar = wire.progress_bar(len(videos), progress, "encode")
-        try:
-            for part in wire.chunks(len(videos), batch_size or self.video_batch_size):
-                result = await self._infer(wire.encode_request([wire.read_bytes(v) for v in videos[part]]))
-                objects.append(result.as_numpy(P.OBJECT_PROTOTYPES))
-                events.append(result.as_numpy(P.EVENT_PROTOTYPES))
-                bar.update(part.stop - part.start)
-        finally:
-            bar.close()
-        return np.concatenate(objects), np.concatenate(events)
-
-    async def score(self, texts: str | Sequence[str], videos: Sequence[VideoSource], *,
-                    beta: float | None = None) -> np.ndarray:
-        texts, data = wire.as_texts(texts), [wire.read_bytes(v) for v in videos]
-        if beta is None:
-            if self._score_beta is False:
-                self._score_beta = self._beta_from_config((await self._call(
-                    P.SCORE_MODEL, self._triton.get_model_config, P.SCORE_MODEL, as_json=True,
-                    client_timeout=self.timeout))["config"])
-            beta = self._score_beta
-        rows = []
-        for tp in wire.chunks(len(texts), self.text_batch_size):
-            results = await asyncio.gather(*(self._infer(wire.score_request(texts[tp], data[vp], beta))
-                                             for vp in wire.chunks(len(data), self.video_batch_size)))
-            cols = [r.as_numpy(P.SIMILARITY) for r in results]
-            rows.append(np.concatenate(cols, axis=1) if cols else np.zeros((tp.stop - tp.start, 0), np.float32))
-        return np.concatenate(rows) if rows else np.zeros((0, len(data)), np.float32)
-
-    async def publish_gallery(self, videos: Sequence[VideoSource], video_ids: Sequence[str] | None = None, *,
-                              repository: Path | None = None, similarity_onnx: Path | bytes | None = None,
-                              batch_size: int | None = None, progress: bool = True) -> int:
-        ids = wire.video_ids_for(videos, video_ids)
-        if repository is None and similarity_onnx is None:
-            self._upload_files({}, None)  # fail before encoding
-        objects, events = await self.encode_videos(videos, batch_size=batch_size, progress=progress)
-        return await self.publish_prototypes(ids, objects, events, repository=repository,
-                                             similarity_onnx=similarity_onnx)
-
-    async def publish_prototypes(self, video_ids: Sequence[str], objects: np.ndarray, events: np.ndarray, *,
-                                 repository: Path | None = None, similarity_onnx: Path | bytes | None = None) -> int:
-        files = gallery.gallery_files(video_ids, objects, events)
-        headers = wire.key_headers(self.repository_key)
-        if repository is not None:
-            version = self._stage_local(repository, files, await self.gallery_version())
+                step = plan.send(result) if error is None else plan.throw(error)
+            except StopIteration as stop:
+                return stop.value
             try:
-                await self._call("load", self._triton.load_model, P.GALLERY_MODEL, headers=headers,
-                                 client_timeout=self.load_timeout)
-            except ClientError:
-                self._unstage_local(repository, version)
-                raise
-        else:
-            files = self._upload_files(files, similarity_onnx)
-            config = (await self._call(P.GALLERY_MODEL, self._triton.get_model_config, P.GALLERY_MODEL,
-                                       as_json=True, client_timeout=self.timeout))["config"]
-            version = (await self.gallery_version() or 0) + 1
-            await self._call("load", self._triton.load_model, P.GALLERY_MODEL, headers=headers,
-                             config=json.dumps(config), files=wire.upload_files(version, files),
-                             client_timeout=self.load_timeout)
-        if not await self._triton.is_model_ready(P.GALLERY_MODEL, str(version), client_timeout=self.timeout):
-            raise ClientError(f"{P.GALLERY_MODEL} version {version} was loaded but is not ready; see the server log")
-        return version
+                result, error = await self._perform(step), None
+            except BaseException as exc:  # into the plan: its handlers decide, its `finally` (locks) always runs
+                result, error = None, exc
 
-    async def gallery_version(self) -> int | None:
+    async def _perform(self, step):
+        if isinstance(step, list):
+            return list(await asyncio.gather(*(self._perform(s) for s in step)))
+        if isinstance(step, Sleep):
+            return await asyncio.sleep(step.seconds)
         try:
-            meta = await self._call(P.GALLERY_MODEL, self._triton.get_model_metadata, P.GALLERY_MODEL, as_json=True,
-                                    client_timeout=self.timeout)
-        except NotFoundError:
-            return None
-        return max((int(v) for v in meta.get("versions", [])), default=None)
+            return await getattr(self._triton, step.method)(**step.kwargs)
+        except InferenceServerException as exc:
+            raise from_triton(exc, step.context) from None

@@ -6,25 +6,39 @@ A version directory `prost_gallery/<N>/` holds:
   gallery.safetensors   "objects" fp16 [N, L, No, D] and "events" fp16 [N, Ne, D]
   video_ids.json        {"video_ids": [N strings]}, row i of the tensors belongs to video_ids[i]
 Torch-free and prost-free: the client writes galleries with numpy and the standard library only.
+
+Concurrency: every writer of a model directory (`prost repository build`, `prost-client index`, ProstClient
+publishing) holds an exclusive `fcntl.flock` on `<model_dir>/.lock` from reading the latest version to renaming the
+new one into place, so two writers never pick the same number and a rebuild never copies a gallery that is being
+replaced. `manifest.json` read-modify-writes hold `<repository>/.lock`. Lock order: a model's lock, then the
+repository's, never the reverse. flock locks belong to an open file, so they also exclude threads of one process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import struct
+import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from prost_client.errors import ClientError
 
 MODEL_FILE = "model.py"
 SIMILARITY_FILE = "similarity.onnx"
 TENSORS_FILE = "gallery.safetensors"
 IDS_FILE = "video_ids.json"
 MANIFEST_FILE = "manifest.json"
+LOCK_FILE = ".lock"  # Triton ignores names that are not numeric version directories
+LOCK_TIMEOUT = 600.0  # seconds a writer waits for another one (a publisher holds it through a gallery load)
 
 # Byte-identical to model_repository/gallery/model.py (a test checks it), so a client can upload a version.
 MODEL_SOURCE = '''"""prost_gallery: scores text prototypes against the gallery stored in this version directory."""
@@ -78,26 +92,108 @@ def versions(model_dir: Path) -> list[int]:
                   if p.is_dir() and p.name.isdigit() and not p.name.startswith("0"))
 
 
-def write_version(model_dir: Path, files: dict[str, bytes | Path], minimum: int = 1) -> int:
+class DirectoryLock:
+    """Exclusive `fcntl.flock` on `<directory>/.lock`; not reentrant (a second acquire in one process waits too).
+
+    `try_acquire` never blocks, so asyncio code can poll it between awaits; `with DirectoryLock(d):` waits up to
+    `timeout` seconds and raises ClientError naming the directory when another writer keeps it.
+    """
+
+    def __init__(self, directory: Path, timeout: float = LOCK_TIMEOUT) -> None:
+        self.path = Path(directory) / LOCK_FILE
+        self.timeout = timeout
+        self._fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        if self._fd is not None:
+            raise ClientError(f"{self.path} is already held by this lock object")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def busy_error(self) -> ClientError:
+        return ClientError(f"{self.path.parent} is locked by another writer (`prost repository build`, "
+                           f"`prost-client index`) for more than {self.timeout:.0f} s; retry when it has finished "
+                           f"(lock file {self.path})")
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the file releases the flock
+
+    def __enter__(self) -> DirectoryLock:
+        deadline = time.monotonic() + self.timeout
+        while not self.try_acquire():
+            if time.monotonic() > deadline:
+                raise self.busy_error()
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def write_version(model_dir: Path, files: dict[str, bytes | Path], minimum: int = 1, *, locked: bool = False) -> int:
     """Write `files` (bytes, or paths to copy) as the next version of `model_dir` (at least `minimum`), atomically:
-    Triton never sees a half-written version."""
+    Triton never sees a half-written version. Takes the model's lock unless the caller holds it (`locked=True`)."""
     model_dir = Path(model_dir)
-    version = max((versions(model_dir) or [0])[-1] + 1, minimum)
-    staging = model_dir / f".staging-{version}-{os.getpid()}"
-    staging.mkdir(parents=True)
-    for name, data in files.items():
-        target = staging / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(data, Path):
-            shutil.copyfile(data, target)
-        else:
-            target.write_bytes(data)
-    staging.rename(model_dir / str(version))
+    with contextlib.nullcontext() if locked else DirectoryLock(model_dir):
+        version = max((versions(model_dir) or [0])[-1] + 1, minimum)
+        target = model_dir / str(version)
+        if target.exists():  # a stray file, or a writer that ignores the lock (rename would replace an empty dir)
+            raise ClientError(f"cannot write version {version} of {model_dir}: {target} already exists")
+        model_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
+        try:
+            for name, data in files.items():
+                path = staging / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(data, Path):
+                    shutil.copyfile(data, path)
+                else:
+                    path.write_bytes(data)
+            staging.chmod(0o755)  # mkdtemp creates it 0700; the server may run as another user
+            staging.rename(target)
+        except OSError as exc:
+            raise ClientError(f"cannot write version {version} of {model_dir}: {exc}") from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone after the rename; removes leftovers on failure
     return version
 
 
-def remove_version(model_dir: Path, version: int) -> None:
-    shutil.rmtree(Path(model_dir) / str(version), ignore_errors=True)
+def stage_version(repository: Path, model: str, files: dict[str, bytes], minimum: int) -> int:
+    """Write a new gallery version into a local repository, with model.py and similarity.onnx from the latest one,
+    and list it in the manifest. The caller holds the model's lock.
+
+    `minimum` is above every version the server knows (an upload may have set one, a failed load may have left
+    one): Triton's response cache is keyed by version, so a number is never reused for different content.
+    """
+    model_dir = Path(repository) / model
+    existing = versions(model_dir)
+    if not existing:
+        raise ClientError(f"{model_dir} has no version directory; build it with `prost repository build`")
+    latest = model_dir / str(existing[-1])
+    for name in (MODEL_FILE, SIMILARITY_FILE):
+        if not (latest / name).is_file():
+            raise ClientError(f"{latest / name} is missing; rebuild the repository with `prost repository build`")
+    files = {**files, **{name: (latest / name).read_bytes() for name in (MODEL_FILE, SIMILARITY_FILE)}}
+    version = write_version(model_dir, files, minimum=minimum, locked=True)
+    update_manifest(repository, model)
+    return version
+
+
+def unstage_version(repository: Path | None, model: str, version: int) -> None:
+    """Remove a version that definitely failed to load, so the repository matches what is served (no-op without
+    a repository). The caller holds the model's lock."""
+    if repository is not None:
+        shutil.rmtree(Path(repository) / model / str(version), ignore_errors=True)
+        update_manifest(repository, model)
 
 
 def sha256_file(path: Path) -> str:
@@ -122,10 +218,19 @@ def describe_model_dir(model_dir: Path) -> dict:
 
 
 def update_manifest(repository: Path, model: str) -> None:
-    """Refresh one model's entry in `<repository>/manifest.json` (written by `prost repository build`)."""
-    path = Path(repository) / MANIFEST_FILE
-    manifest = json.loads(path.read_text()) if path.exists() else {"models": {}}
-    manifest.setdefault("models", {})[model] = describe_model_dir(Path(repository) / model)
-    tmp = path.with_name(f".{MANIFEST_FILE}.{os.getpid()}")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    """Refresh one model's entry in `<repository>/manifest.json` (written by `prost repository build`), holding
+    the repository's lock so concurrent updates of different entries are not lost."""
+    with DirectoryLock(repository):
+        path = Path(repository) / MANIFEST_FILE
+        manifest = json.loads(path.read_text()) if path.exists() else {"models": {}}
+        manifest.setdefault("models", {})[model] = describe_model_dir(Path(repository) / model)
+        write_manifest(repository, manifest, locked=True)
+
+
+def write_manifest(repository: Path, manifest: dict, *, locked: bool = False) -> None:
+    """Replace `<repository>/manifest.json` atomically (under the repository's lock unless `locked`)."""
+    with contextlib.nullcontext() if locked else DirectoryLock(repository):
+        path = Path(repository) / MANIFEST_FILE
+        tmp = path.with_name(f".{MANIFEST_FILE}.{os.getpid()}")
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)

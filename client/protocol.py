@@ -10,8 +10,9 @@ GALLERY_MODEL = "prost_gallery"
 
 # Ensembles.
 TEXT_SEARCH_MODEL = "prost_text_search"
-ENCODE_VIDEO_MODEL = "prost_encode_video"
-SCORE_MODEL = "prost_score"
+ENCODE_TEXT_MODEL = "prost_encode_text"  # TEXT -> PHRASE_PROTOTYPES, SENTENCE_EMBEDDING
+ENCODE_VIDEO_MODEL = "prost_encode_video"  # VIDEO -> OBJECT_PROTOTYPES, EVENT_PROTOTYPES
+SCORE_MODEL = "prost_score"  # TEXT [T], VIDEO [V] -> SIMILARITY [T, V] in one call; its parameters hold BETA
 
 # Graph tensors: identical in ONNX, TensorRT and config.pbtxt.
 FRAMES = "FRAMES"  # float32 [B, L, 3, H, W], CLIP-normalised

@@ -1,4 +1,5 @@
-"""Wire format: request builders and response parsers shared by ProstClient and AsyncProstClient (no I/O here)."""
+"""Wire format: request builders, response parsers and the pure decisions shared by ProstClient and AsyncProstClient
+(no network I/O here)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from prost_client import protocol as P
-from prost_client.errors import ClientError
+from prost_client import gallery, protocol as P
+from prost_client.errors import ClientError, DeadlineError, UnavailableError
 
 VideoSource = str | Path | bytes
 
@@ -21,9 +22,15 @@ REPOSITORY_KEY_HEADER = "prost-repository-key"
 GRPC_RESTRICTED_PREFIX = "triton-grpc-protocol-"
 INT32_MAX = 2**31 - 1
 
-# Methods retried on UNAVAILABLE: reads and inference (idempotent); never repository load/unload.
+# Methods retried on UNAVAILABLE: reads and inference (idempotent); never repository load/unload (a load that
+# timed out may still finish on the server; the client then checks the version's state instead of loading again).
 RETRIED_METHODS = ("ModelInfer", "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
-                   "ModelConfig", "ModelStatistics")
+                   "ModelConfig", "ModelStatistics", "RepositoryIndex")
+RETRYABLE_STATUS_CODES = ("UNAVAILABLE",)
+# gRPC keeps a copy of each retryable call's messages, up to this many bytes (gRPC's default is 256 KiB); a call whose
+# messages exceed it is committed after its first attempt and is NOT retried. 16 MiB covers text and prototype
+# requests and small video batches; larger video uploads fail on the first UNAVAILABLE.
+PER_RPC_RETRY_BUFFER_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,11 @@ class SearchHit:
 
 
 def channel_args(retries: int) -> list[tuple[str, object]]:
-    """gRPC channel options: tritonclient's defaults (which `channel_args` replaces) plus a retry policy."""
+    """gRPC channel options: tritonclient's defaults (which `channel_args` replaces) plus a retry policy.
+
+    Only UNAVAILABLE is retried, only on RETRIED_METHODS, and only calls whose messages fit in
+    PER_RPC_RETRY_BUFFER_BYTES (see there).
+    """
     args: list[tuple[str, object]] = [
         ("grpc.max_send_message_length", INT32_MAX),
         ("grpc.max_receive_message_length", INT32_MAX),
@@ -45,6 +56,7 @@ def channel_args(retries: int) -> list[tuple[str, object]]:
         ("grpc.keepalive_permit_without_calls", 0),
         ("grpc.http2.max_pings_without_data", 2),
         ("grpc.enable_retries", int(retries > 0)),
+        ("grpc.per_rpc_retry_buffer_size", PER_RPC_RETRY_BUFFER_BYTES),
     ]
     if retries > 0:
         policy = {
@@ -52,7 +64,7 @@ def channel_args(retries: int) -> list[tuple[str, object]]:
             "initialBackoff": "0.1s",
             "maxBackoff": "2s",
             "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
+            "retryableStatusCodes": list(RETRYABLE_STATUS_CODES),
         }
         names = [{"service": "inference.GRPCInferenceService", "method": m} for m in RETRIED_METHODS]
         args.append(("grpc.service_config", json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})))
@@ -126,11 +138,33 @@ def encode_request(videos: list[bytes]) -> dict:
             "outputs": outputs(P.OBJECT_PROTOTYPES, P.EVENT_PROTOTYPES)}
 
 
-def score_request(texts: list[str], videos: list[bytes], beta: float | None) -> dict:
-    inputs = [bytes_input(P.TEXT, texts), bytes_input(P.VIDEO, videos)]
-    if beta is not None:
-        inputs.append(array_input(P.BETA, np.array([beta], dtype=np.float32)))
-    return {"model_name": P.SCORE_MODEL, "inputs": inputs, "outputs": outputs(P.SIMILARITY)}
+def encode_text_request(texts: list[str]) -> dict:
+    return {"model_name": P.ENCODE_TEXT_MODEL, "inputs": [bytes_input(P.TEXT, texts)],
+            "outputs": outputs(P.PHRASE_PROTOTYPES, P.SENTENCE_EMBEDDING)}
+
+
+def similarity_request(text, video, beta: float) -> dict:
+    """prost_similarity of one encode_text result (T texts) against one encode result (V videos): SIMILARITY [T, V]."""
+    inputs = [array_input(name, result.as_numpy(name)) for result, name in (
+        (text, P.PHRASE_PROTOTYPES), (text, P.SENTENCE_EMBEDDING), (video, P.OBJECT_PROTOTYPES),
+        (video, P.EVENT_PROTOTYPES))]
+    inputs.append(array_input(P.BETA, np.array([beta], dtype=np.float32)))
+    return {"model_name": P.SIMILARITY_MODEL, "inputs": inputs, "outputs": outputs(P.SIMILARITY)}
+
+
+def assemble_scores(results: list, rows: int, cols: int) -> np.ndarray:
+    """The [T, V] matrix from similarity results listed row-major over (text chunk, video chunk)."""
+    blocks = [results[r * cols:(r + 1) * cols] for r in range(rows)]
+    return np.concatenate([np.concatenate([b.as_numpy(P.SIMILARITY) for b in row], axis=1) for row in blocks])
+
+
+def exported_beta(score_config: dict) -> float:
+    """The exported beta, from prost_score's `parameters` (written by `prost repository build`)."""
+    try:
+        return float(score_config["parameters"]["BETA"]["string_value"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ClientError(f"{P.SCORE_MODEL} has no BETA parameter ({exc!r}); rebuild the repository or pass beta") \
+            from None
 
 
 def video_ids_for(videos: Sequence[VideoSource], video_ids: Sequence[str] | None) -> list[str]:
@@ -144,17 +178,44 @@ def video_ids_for(videos: Sequence[VideoSource], video_ids: Sequence[str] | None
     return [Path(v).stem for v in videos]
 
 
-def upload_files(version: int, files: dict[str, bytes]) -> dict[str, bytes]:
-    """Triton file overrides: `file:<version>/<name>`."""
+def upload_files(version: int, files: dict[str, bytes], similarity_onnx: Path | bytes | None) -> dict[str, bytes]:
+    """Triton file overrides `file:<version>/<name>` of every file of a gallery version (data, model.py, graph)."""
+    if similarity_onnx is None:
+        raise ClientError("publishing without the served repository uploads every file of the gallery model: "
+                          "pass similarity_onnx (CLI: --similarity-onnx, the export's similarity.onnx), or "
+                          "repository (CLI: --repository, the served repository on this machine)")
+    files = {**files, gallery.MODEL_FILE: gallery.MODEL_SOURCE.encode(),
+             gallery.SIMILARITY_FILE: read_bytes(similarity_onnx)}
     return {f"file:{version}/{name}": data for name, data in files.items()}
 
 
-def empty_prototypes(metadata: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-video arrays with the shapes the served encoder reports ([-1] + dims)."""
+def empty_outputs(metadata: dict, *names: str) -> tuple[np.ndarray, ...]:
+    """Zero-item float32 arrays with the shapes a served model reports ([-1] + dims) for its outputs `names`."""
     shapes = {o["name"]: [int(d) for d in o["shape"]] for o in metadata["outputs"]}
-    objects = np.zeros([0] + shapes[P.OBJECT_PROTOTYPES][1:], dtype=np.float32)
-    events = np.zeros([0] + shapes[P.EVENT_PROTOTYPES][1:], dtype=np.float32)
-    return objects, events
+    return tuple(np.zeros([0] + shapes[name][1:], dtype=np.float32) for name in names)
+
+
+def model_versions(index: dict, model: str) -> dict[int, tuple[str, str]]:
+    """{version: (state, reason)} of `model` in a repository index (as_json), every state included."""
+    return {int(m["version"]): (m.get("state", ""), m.get("reason", "").split("\n\nAt:")[0])  # no traceback
+            for m in index.get("models", []) if m.get("name") == model and str(m.get("version", "")).isdigit()}
+
+
+def load_may_still_finish(error: ClientError) -> bool:
+    """A load call that timed out or lost the server may still complete there: not a definite failure."""
+    return isinstance(error, (DeadlineError, UnavailableError))
+
+
+def load_outcome(state: str, reason: str) -> str | None:
+    """Outcome of a load from an index entry: "ready", "failed" (`reason` says why) or None (not settled yet).
+
+    UNAVAILABLE with reason "unloaded" is a version that loaded and was replaced, so it is not a failure.
+    """
+    if state == "READY":
+        return "ready"
+    if state == "UNAVAILABLE" and reason and reason != "unloaded":
+        return "failed"
+    return None
 
 
 def progress_bar(total: int, enabled: bool, desc: str):

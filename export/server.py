@@ -4,12 +4,18 @@ The binary is `tritonserver` from PATH when present, else the one in the nvidia-
 backend only). For the wheel a backend directory is assembled under the log directory: links to the wheel's
 `backends/python/*` plus the python stub for this interpreter's version. The stub imports numpy, onnxruntime and prost
 from the environment the server starts in, so this interpreter's bin/ goes first on PATH.
+
+Process lifetime: tritonserver runs in its own session (process group), which its python-backend stubs share. It gets
+PR_SET_PDEATHSIG=SIGKILL from a tiny exec wrapper (no `preexec_fn`, which is unsafe in a threaded parent). Linux sends
+that signal when the *thread* that started the server exits, so start it from a thread that outlives it (the main
+thread, normally). `stop()` sends SIGINT, waits `grace` seconds (Triton's own --exit-timeout-secs is 5 s shorter, so
+it finishes first), SIGKILLs the group if needed and always SIGKILLs whatever is left of the group afterwards (stubs).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
+import contextlib
 import importlib.util
 import json
 import logging
@@ -32,9 +38,20 @@ from prost_client.wire import REPOSITORY_KEY_HEADER
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1
 DEFAULT_CACHE_BYTES = 64 << 20
 _FAILED_LOAD = re.compile(r"failed to load '([^']+)' version (\d+): (.*)")
+# argv: parent pid, then the tritonserver command line. PR_SET_PDEATHSIG (1) survives execv of a non-setuid binary.
+_PDEATHSIG_EXEC = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(1)  # the parent died before prctl: do not start an orphan\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+class StopRequested(Exception):
+    """A stop was requested (SIGINT/SIGTERM through `signals_stop`) before the server was ready."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -90,11 +107,17 @@ def python_backend_dir(wheel_root: Path, target: Path) -> Path:
     return target
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
+def write_key_file(path: Path, key: str) -> None:
+    """Write the repository key readable by its owner only (also when the file existed with another mode)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)
+        f.write(key + "\n")
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # nothing left, or the id was reused
+        os.killpg(pgid, signal.SIGKILL)
 
 
 class TritonServer:
@@ -114,7 +137,7 @@ class TritonServer:
             repository_key: key of the restricted model-repository endpoints (default: generated).
             cache_bytes: size of the local response cache.
             ready_timeout: seconds to wait for every model to be ready.
-            grace: seconds between SIGINT and SIGKILL when stopping.
+            grace: seconds between SIGINT and SIGKILL when stopping (Triton's exit timeout is grace - 5, min 1).
         """
         self.repository = Path(repository).resolve()
         if not self.repository.is_dir():
@@ -129,6 +152,7 @@ class TritonServer:
         self.extra_args = list(extra_args or [])
         self.process: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
+        self.stop_signal: int | None = None  # set by request_stop (a signal handler)
 
     @property
     def url(self) -> str:
@@ -144,7 +168,12 @@ class TritonServer:
         return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
 
     def command(self) -> tuple[list[str], dict[str, str]]:
-        """The tritonserver command line and environment."""
+        """The tritonserver command line and environment.
+
+        The key of the restricted endpoints is on the command line (visible in /proc/<pid>/cmdline to local users):
+        tritonserver 2.51 reads these options from argv only, with no file or environment alternative. Keep the
+        default 127.0.0.1 binding, or a host where local users are trusted.
+        """
         binary, wheel_root = find_tritonserver()
         key = f"{REPOSITORY_KEY_HEADER}={self.repository_key}"
         args = [str(binary), f"--model-repository={self.repository}", "--model-control-mode=explicit",
@@ -154,7 +183,7 @@ class TritonServer:
                 f"--cache-config=local,size={self.cache_bytes}",
                 f"--grpc-restricted-protocol=model-repository:{key}",
                 f"--http-restricted-api=model-repository:{key}",
-                f"--exit-timeout-secs={int(self.grace)}"]
+                f"--exit-timeout-secs={max(1, int(self.grace) - 5)}"]
         args += [f"--load-model={m}" for m in (self.models or ["*"])]
         if wheel_root is not None:
             args += [f"--backend-directory={python_backend_dir(wheel_root, self.log_dir / 'backends')}",
@@ -167,11 +196,14 @@ class TritonServer:
         """Start tritonserver and wait until every model is ready; RepositoryError says which model failed and why."""
         if self.process is not None:
             raise RepositoryError("this TritonServer is already started")
+        if self.stop_signal is not None:
+            raise StopRequested(f"signal {self.stop_signal} before tritonserver started")
         args, env = self.command()
         started = time.monotonic()
+        wrapper = [sys.executable, "-I", "-S", "-c", _PDEATHSIG_EXEC, str(os.getpid())]
         with open(self.log_path, "ab") as log_file:
-            self.process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True, preexec_fn=_die_with_parent)
+            self.process = subprocess.Popen(wrapper + args, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True)
         log.info("tritonserver pid %d on %s (gRPC), logs: %s", self.process.pid, self.url, self.log_path)
         try:
             self.wait_ready(self.ready_timeout)
@@ -184,6 +216,8 @@ class TritonServer:
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
+            if self.stop_signal is not None:
+                raise StopRequested(f"signal {self.stop_signal} while tritonserver was starting")
             if self.process.poll() is not None:
                 raise RepositoryError(f"tritonserver exited with status {self.process.returncode}: "
                                       f"{self.failure_summary()} (log: {self.log_path})")
@@ -241,39 +275,47 @@ class TritonServer:
             return ""
 
     def stop(self) -> int | None:
-        """SIGINT, then SIGKILL after the grace period; returns the exit status."""
+        """SIGINT, SIGKILL to the process group after the grace period, then SIGKILL to anything left in the group
+        (python-backend stubs); returns the exit status (None when not running). Safe to call repeatedly."""
         process, self.process = self.process, None
         if process is None:
             return None
         if process.poll() is None:
-            process.send_signal(signal.SIGINT)
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGINT)
             try:
                 process.wait(self.grace)
             except subprocess.TimeoutExpired:
                 log.warning("tritonserver did not stop within %.0f s; killing it", self.grace)
-                os.killpg(process.pid, signal.SIGKILL)  # its own session: the server and its python stubs
+                _kill_group(process.pid)
                 process.wait()
+        _kill_group(process.pid)  # its own session: start_new_session made the server's pid the group id
         return process.returncode
 
-    def serve_forever(self) -> int:
-        """Block until the server exits, forwarding SIGINT/SIGTERM to it; returns its exit status."""
-        def forward(signum, _frame):
-            if self.process is not None and self.process.poll() is None:
-                self.process.send_signal(signum)
+    def request_stop(self, signum: int = signal.SIGTERM, _frame=None) -> None:
+        """Ask `start`/`serve_forever` to stop the server; only records the signal, so it is a safe signal handler."""
+        self.stop_signal = signum
 
-        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    @contextlib.contextmanager
+    def signals_stop(self):
+        """SIGINT and SIGTERM call `request_stop` inside the block (main thread only); install it before `start`."""
+        previous = {s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            process = self.process
-            while process.poll() is None:
-                try:
-                    process.wait(1.0)
-                except subprocess.TimeoutExpired:
-                    continue
-            return process.returncode
+            yield self
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+    def serve_forever(self) -> int:
+        """Block until the server exits or a stop is requested, then stop it; returns its exit status."""
+        process = self.process
+        try:
+            while process.poll() is None and self.stop_signal is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(0.5)
+        finally:
             self.stop()
+        return process.returncode
 
     def __enter__(self) -> TritonServer:
         return self.start()
@@ -293,21 +335,26 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--repository-key", default=os.environ.get("PROST_REPOSITORY_KEY"),
                         help="key for model load/unload (default: $PROST_REPOSITORY_KEY, else generated)")
     parser.add_argument("--ready-timeout", type=float, default=300.0)
+    parser.add_argument("--grace", type=float, default=30.0, help="seconds from SIGINT to SIGKILL when stopping")
     parser.set_defaults(func=_serve_cmd)
 
 
 def _serve_cmd(args: argparse.Namespace) -> int:
     server = TritonServer(args.repository, grpc_port=args.grpc_port, http_port=args.http_port,
                           metrics_port=args.metrics_port, host=args.host, log_dir=args.log_dir,
-                          repository_key=args.repository_key, ready_timeout=args.ready_timeout)
-    print(f"starting tritonserver on {args.repository}; logs: {server.log_path}", file=sys.stderr, flush=True)
-    server.start()
-    key_file = server.log_dir / "repository.key"
-    key_file.touch(mode=0o600)
-    key_file.write_text(server.repository_key + "\n")
-    print(f"ready in {server.startup_seconds:.1f} s: gRPC {server.url}, HTTP {server.http_url}, metrics "
-          f"{server._connect_host}:{server.metrics_port}\nrepository key (for load/unload, e.g. prost-client index): "
-          f"{key_file}\nlogs: {server.log_path}", file=sys.stderr, flush=True)
-    status = server.serve_forever()
+                          repository_key=args.repository_key, ready_timeout=args.ready_timeout, grace=args.grace)
+    with server.signals_stop():  # before start: a signal during startup stops Triton gracefully too
+        print(f"starting tritonserver on {args.repository}; logs: {server.log_path}", file=sys.stderr, flush=True)
+        try:
+            server.start()
+        except StopRequested:
+            print(f"stopped during startup; logs: {server.log_path}", file=sys.stderr)
+            return 0
+        key_file = server.log_dir / "repository.key"
+        write_key_file(key_file, server.repository_key)
+        print(f"ready in {server.startup_seconds:.1f} s: gRPC {server.url}, HTTP {server.http_url}, metrics "
+              f"{server._connect_host}:{server.metrics_port}\nrepository key (for load/unload, e.g. prost-client "
+              f"index): {key_file}\nlogs: {server.log_path}", file=sys.stderr, flush=True)
+        status = server.serve_forever()
     print(f"tritonserver exited with status {status}; logs: {server.log_path}", file=sys.stderr)
     return 0 if status in (0, -signal.SIGINT, -signal.SIGTERM) else 1

@@ -56,6 +56,17 @@ def param_float(params: dict[str, str], key: str, default: float | None = None) 
         raise ParameterError(f"config parameter {key}={raw!r} is not a number") from None
 
 
+def param_optional_float(params: dict[str, str], key: str, minimum: float | None = None) -> float | None:
+    """A required number, or "none" for None (e.g. SAMPLE_FPS: none keeps every frame)."""
+    raw = param(params, key)
+    if raw.strip().lower() == "none":
+        return None
+    value = param_float(params, key)
+    if minimum is not None and not value > minimum:
+        raise ParameterError(f"config parameter {key}={value} must be > {minimum} (or none)")
+    return value
+
+
 def io_config(config: dict, name: str) -> dict:
     """The config entry of input or output `name`."""
     for entry in (*config.get("input", []), *config.get("output", [])):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from prost_client import errors, gallery as G
+from prost_client import errors, gallery as G, wire
 from prost_client.client import AsyncProstClient, ProstClient
 from prost_export.server import free_port
 
@@ -44,11 +44,24 @@ def test_grpc_status_maps_to_client_errors(status, message, cls):
 
 
 def test_unreachable_server_is_unavailable_after_retries():
-    with ProstClient(f"127.0.0.1:{free_port()}", timeout=2.0, retries=2) as c:
+    """The channel carries a retry policy (UNAVAILABLE only, never load/unload, 16 MiB retry buffer) and an
+    unreachable server ends as UnavailableError once the retries are spent."""
+    with ProstClient(f"127.0.0.1:{free_port()}", timeout=2.0, retries=3) as c:
+        args = dict(c._channel_args)
+        assert args["grpc.enable_retries"] == 1 and args["grpc.per_rpc_retry_buffer_size"] == 16 << 20
+        [method] = json.loads(args["grpc.service_config"])["methodConfig"]
+        assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+        assert method["retryPolicy"]["maxAttempts"] == 4
+        retried = {name["method"] for name in method["name"]}
+        assert {"ModelInfer", "ModelReady", "RepositoryIndex"} <= retried
+        assert not retried & {"RepositoryModelLoad", "RepositoryModelUnload"}
+        assert all(name["service"] == "inference.GRPCInferenceService" for name in method["name"])
         with pytest.raises(errors.UnavailableError):
             c.search("anything")
         with pytest.raises(errors.UnavailableError, match="not ready"):
             c.wait_ready(timeout=0.5)
+    no_retries = dict(wire.channel_args(0))
+    assert no_retries["grpc.enable_retries"] == 0 and "grpc.service_config" not in no_retries
 
 
 def test_gallery_files_are_safetensors(tmp_path):
@@ -69,13 +82,29 @@ def test_async_client_answers_like_the_sync_one(triton_server, client, published
     texts = ["a white star turns orange", "a cross"]
 
     async def run():
-        async with AsyncProstClient(triton_server.url, timeout=60) as c:
+        async with AsyncProstClient(triton_server.url, timeout=60, text_batch_size=1, video_batch_size=1) as c:
             await c.wait_ready(30)
-            return await c.search(texts, top_k=3), await c.score(texts, synthetic_videos[:2])
+            return await asyncio.gather(c.search(texts, top_k=3), c.score(texts, synthetic_videos[:2]),
+                                        c.encode_texts(texts), c.gallery_version())
 
-    hits, scores = asyncio.run(run())
-    assert hits == client.search(texts, top_k=3)
+    hits, scores, (phrases, _), version = asyncio.run(run())
+    assert hits == client.search(texts, top_k=3) and version == client.gallery_version()
     np.testing.assert_allclose(scores, client.score(texts, synthetic_videos[:2]), atol=1e-6)
+    np.testing.assert_allclose(phrases, client.encode_texts(texts)[0], atol=1e-6)
+
+
+def test_async_publishing_uses_the_same_rules(triton_server, client, published_gallery, model_repository):
+    _, ids, objects, events = published_gallery
+
+    async def run():
+        async with AsyncProstClient(triton_server.url, timeout=60,
+                                    repository_key=triton_server.repository_key) as c:
+            with pytest.raises(errors.ClientError, match="load prost_gallery version"):
+                await c.publish_prototypes(ids[:1], objects[:1, :, :-1], events[:1], repository=model_repository)
+            return await c.publish_prototypes(ids, objects, events, repository=model_repository)
+
+    version = asyncio.run(run())
+    assert version == client.gallery_version() == G.versions(model_repository / "prost_gallery")[-1]
 
 
 def test_cli_search_json(triton_server, published_gallery):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,8 @@ from prost_export.onnx import export_onnx
 from prost_export.repository import VARIANTS, register_cli, write_repository
 
 ALL_MODELS = {P.TOKENIZER_MODEL, P.TEXT_MODEL, P.VIDEO_MODEL, P.SIMILARITY_MODEL, P.VIDEO_DECODE_MODEL,
-              P.GALLERY_MODEL, P.TEXT_SEARCH_MODEL, P.ENCODE_VIDEO_MODEL, P.SCORE_MODEL}
+              P.GALLERY_MODEL, P.TEXT_SEARCH_MODEL, P.ENCODE_TEXT_MODEL, P.ENCODE_VIDEO_MODEL, P.SCORE_MODEL}
+ENSEMBLES = (P.TEXT_SEARCH_MODEL, P.ENCODE_TEXT_MODEL, P.ENCODE_VIDEO_MODEL, P.SCORE_MODEL)
 GRAPHS = {P.TEXT_MODEL: "text_prototypes", P.VIDEO_MODEL: "video_prototypes", P.SIMILARITY_MODEL: "similarity"}
 
 
@@ -26,14 +30,27 @@ def read_config(repo: Path, model: str) -> mc.ModelConfig:
     return text_format.Parse((repo / model / "config.pbtxt").read_text(), mc.ModelConfig())
 
 
+def add_engines(export: Path, cc: str, *, max_batch: int = 32, opt: int = 8) -> None:
+    """Engine files and manifest entries as `prost build-engines` writes them on a GPU of compute capability `cc`
+    (the plan bytes are dummies: the writer only selects and copies them)."""
+    manifest = json.loads((export / "manifest.json").read_text())
+    for graph in GRAPHS.values():
+        plan = export / f"{graph}.sm{cc.replace('.', '')}.plan"
+        plan.write_bytes(f"engine for sm{cc} {graph}".encode())
+        manifest.setdefault("engines", {})[plan.name] = {
+            "graph": graph, "file": plan.name, "onnx_sha256": manifest["files"][f"{graph}.onnx"]["sha256"],
+            "compute_capability": cc, "tensorrt": "10.16.1", "gpu": f"GPU sm{cc}", "precision": "fp16",
+            "profile": {"min": 1, "opt": opt, "max": max_batch}, "sha256": G.sha256_file(plan)}
+    (export / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
 @pytest.fixture(scope="module")
 def export_with_plans(onnx_dir, tmp_path_factory) -> Path:
-    """A copy of the export plus engine files as `prost build-engines` names them (opaque bytes to the writer)."""
+    """A copy of the export with engines for two GPU architectures listed in its manifest."""
     out = tmp_path_factory.mktemp("export_plans") / "export"
     shutil.copytree(onnx_dir, out)
-    for graph in GRAPHS.values():
-        (out / f"{graph}.sm90.plan").write_bytes(b"engine for sm90 " + graph.encode())
-        (out / f"{graph}.plan").write_bytes(b"engine " + graph.encode())
+    add_engines(out, "9.0")
+    add_engines(out, "8.6")
     return out
 
 
@@ -53,10 +70,12 @@ def test_every_variant_parses_against_triton_schema(variant, onnx_dir, export_wi
         assert cfg.model_warmup and cfg.model_warmup[0].batch_size == 1
         files = {p.name for p in (repo / name / "1").iterdir()}
         expected = {"cpu": {"model.py", "model.onnx"}, "onnxruntime": {"model.onnx"},
-                    "tensorrt": {"model.plan", "model.sm90.plan"}}[variant]
+                    "tensorrt": {"model.sm90.plan", "model.sm86.plan"}}[variant]
         assert files == expected
-        if variant == "tensorrt":
-            assert dict(cfg.cc_model_filenames) == {"9.0": "model.sm90.plan"}
+        if variant == "tensorrt":  # one plan per compute capability, no default model.plan
+            assert dict(cfg.cc_model_filenames) == {"9.0": "model.sm90.plan", "8.6": "model.sm86.plan"}
+            assert (repo / name / "1" / "model.sm86.plan").read_bytes() == \
+                (export_with_plans / f"{GRAPHS[name]}.sm86.plan").read_bytes()
     text = configs[P.TEXT_MODEL]
     assert [(i.name, list(i.dims)) for i in text.input] == [(P.TOKEN_IDS, [config.max_words])]
     assert text.max_batch_size == 16 and text.response_cache.enable
@@ -79,7 +98,7 @@ def test_every_variant_parses_against_triton_schema(variant, onnx_dir, export_wi
 
 def _check_ensembles(configs: dict[str, mc.ModelConfig]) -> None:
     """Ensemble rules Triton enforces at load: no instance groups or warmup, batch size within every step's."""
-    for name in (P.TEXT_SEARCH_MODEL, P.ENCODE_VIDEO_MODEL, P.SCORE_MODEL):
+    for name in ENSEMBLES:
         cfg = configs[name]
         assert cfg.platform == "ensemble" and not cfg.instance_group and not cfg.model_warmup
         produced = {i.name for i in cfg.input}
@@ -97,21 +116,55 @@ def _check_ensembles(configs: dict[str, mc.ModelConfig]) -> None:
 
 
 def test_tensorrt_variant_needs_engines(onnx_dir, tmp_path):
-    with pytest.raises(RepositoryError, match=r"prost build-engines --export"):
+    with pytest.raises(RepositoryError, match=r"no TensorRT plan .*prost build-engines --export"):
         write_repository(onnx_dir, tmp_path / "repo", "tensorrt")
 
 
-def test_tensorrt_batch_must_fit_the_engine_profile(export_with_plans, tmp_path):
-    export = tmp_path / "export"
-    shutil.copytree(export_with_plans, export)
-    manifest = json.loads((export / "manifest.json").read_text())
-    manifest["engines"] = {g: {"file": f"{g}.sm90.plan", "profile": {"min": 1, "opt": 4, "max": 8}}
-                           for g in GRAPHS.values()}
-    (export / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(RepositoryError, match="profile max 8"):
+def copy_export(source: Path, target: Path, **config_changes) -> Path:
+    shutil.copytree(source, target)
+    if config_changes:
+        manifest = json.loads((target / "manifest.json").read_text())
+        manifest["config"].update(config_changes)
+        (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+def test_tensorrt_batch_must_fit_every_engine_profile(onnx_dir, tmp_path):
+    export = copy_export(onnx_dir, tmp_path / "export")
+    add_engines(export, "9.0", max_batch=32, opt=8)
+    add_engines(export, "8.9", max_batch=8, opt=4)
+    with pytest.raises(RepositoryError, match=r"profile max 8 of text_prototypes\.sm89\.plan"):
         write_repository(export, tmp_path / "big", "tensorrt", max_batch_size=32)
     repo = write_repository(export, tmp_path / "ok", "tensorrt", max_batch_size=8, max_video_batch_size=8)
     assert list(read_config(repo, P.TEXT_MODEL).dynamic_batching.preferred_batch_size) == [4, 8]
+    with pytest.raises(RepositoryError, match="batches of 16"):  # similarity: texts and videos share the profile
+        write_repository(export, tmp_path / "video", "tensorrt", max_batch_size=8, max_video_batch_size=16)
+
+
+def test_stale_or_changed_tensorrt_plans_are_refused(export_with_plans, tmp_path):
+    export = copy_export(export_with_plans, tmp_path / "stale")
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["engines"]["video_prototypes.sm86.plan"]["onnx_sha256"] = "0" * 64  # built from an older export
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RepositoryError, match=r"video_prototypes\.sm86\.plan .*onnx_sha256 differs.*build-engines"):
+        write_repository(export, tmp_path / "repo", "tensorrt")
+    export = copy_export(export_with_plans, tmp_path / "changed")
+    (export / "similarity.sm90.plan").write_bytes(b"another engine")
+    with pytest.raises(RepositoryError, match=r"similarity\.sm90\.plan is missing or does not match its sha256"):
+        write_repository(export, tmp_path / "repo2", "tensorrt")
+
+
+def test_video_decode_samples_like_training_and_bounds_its_inputs(onnx_dir, tmp_path):
+    repo = write_repository(onnx_dir, tmp_path / "default")
+    params = {k: v.string_value for k, v in read_config(repo, P.VIDEO_DECODE_MODEL).parameters.items()}
+    assert json.loads((onnx_dir / "manifest.json").read_text())["config"]["sample_fps"] is None
+    assert params["SAMPLE_FPS"] == "none"
+    assert params["MAX_VIDEO_BYTES"] == str(256 << 20) and params["MAX_SOURCE_FRAMES"] == "20000"
+    export = copy_export(onnx_dir, tmp_path / "fps", sample_fps=1.0)
+    assert run_cli(["repository", "build", "--export", str(export), "--out", str(tmp_path / "fps_repo"),
+                    "--max-video-bytes", "1000000", "--max-source-frames", "500"]) == 0
+    params = {k: v.string_value for k, v in read_config(tmp_path / "fps_repo", P.VIDEO_DECODE_MODEL).parameters.items()}
+    assert (params["SAMPLE_FPS"], params["MAX_VIDEO_BYTES"], params["MAX_SOURCE_FRAMES"]) == ("1.0", "1000000", "500")
 
 
 def test_modified_export_is_refused(onnx_dir, tmp_path):
@@ -166,8 +219,8 @@ def test_manifest_lists_every_file_with_its_checksum(onnx_dir, tmp_path):
         for rel, digest in entry["files"].items():
             assert G.sha256_file(repo / name / rel) == digest, rel
             listed.add(f"{name}/{rel}")
-    on_disk = {p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file()} - {"manifest.json"}
-    assert on_disk == listed
+    on_disk = {p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file() and p.name != G.LOCK_FILE}
+    assert on_disk - {"manifest.json"} == listed
     export = json.loads((onnx_dir / "manifest.json").read_text())
     assert manifest["export"]["files"]["text_prototypes.onnx"] == export["files"]["text_prototypes.onnx"]["sha256"]
     assert G.sha256_file(repo / P.TEXT_MODEL / "1" / "model.onnx") == manifest["export"]["files"][
@@ -196,3 +249,64 @@ def test_cli_builds_a_repository(onnx_dir, tmp_path, capsys):
     assert read_config(tmp_path / "repo", P.TOKENIZER_MODEL).max_batch_size == 8
     with pytest.raises(RepositoryError, match="prost export"):
         run_cli(["repository", "build", "--export", str(tmp_path / "missing"), "--out", str(tmp_path / "repo2")])
+
+
+PUBLISHER = """
+import sys
+from pathlib import Path
+from prost_client import gallery as G
+model_dir, tag = Path(sys.argv[1]), sys.argv[2]
+print(*[G.write_version(model_dir, {"who": tag.encode(), "big.bin": bytes(1 << 20)}) for _ in range(5)])
+"""
+
+
+def test_concurrent_publishers_get_distinct_versions(tmp_path):
+    """Two processes writing versions of one model at once: every write succeeds, no number twice, no staging."""
+    model_dir = tmp_path / "repo" / P.GALLERY_MODEL
+    G.write_version(model_dir, {"who": b"builder"})
+    procs = [subprocess.Popen([sys.executable, "-c", PUBLISHER, str(model_dir), tag], stdout=subprocess.PIPE,
+                              text=True) for tag in ("a", "b")]
+    outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs)
+    written = {tag: [int(v) for v in out.split()] for tag, out in zip("ab", outputs)}
+    assert sorted(written["a"] + written["b"]) == list(range(2, 12)) == G.versions(model_dir)[1:]
+    for tag, numbers in written.items():
+        assert all((model_dir / str(v) / "who").read_bytes() == tag.encode() for v in numbers)
+    assert not [p.name for p in model_dir.iterdir() if p.name.startswith(".staging")]
+
+
+def test_a_rebuild_during_a_publish_keeps_the_published_gallery(onnx_dir, tmp_path):
+    """`prost repository build` copies the latest gallery under the gallery's lock, so a gallery published at the
+    same time is never rolled back, whichever writer goes first."""
+    import numpy as np
+
+    repo = write_repository(onnx_dir, tmp_path / "repo")
+    model_dir = repo / P.GALLERY_MODEL
+    cfg = prost.ProstConfig.from_dict(json.loads((onnx_dir / "manifest.json").read_text())["config"])
+    h, d = cfg.head, cfg.embed_dim
+    files = G.gallery_files(["a", "b"], np.ones((2, h.num_frames, h.num_objects, d)), np.ones((2, h.num_events, d)))
+    files.update({n: (model_dir / "1" / n).read_bytes() for n in (G.MODEL_FILE, G.SIMILARITY_FILE)})
+    def publish():  # as ProstClient does with a local repository
+        G.write_version(model_dir, files)
+        G.update_manifest(repo, P.GALLERY_MODEL)
+
+    with G.DirectoryLock(model_dir):  # both writers start while the gallery is locked, then race for it
+        builder = threading.Thread(target=write_repository, args=(onnx_dir, repo), kwargs={"max_batch_size": 8})
+        publisher = threading.Thread(target=publish)
+        builder.start()
+        publisher.start()
+    builder.join(120)
+    publisher.join(120)
+    assert G.versions(model_dir) == [1, 2, 3]
+    assert json.loads((model_dir / "3" / G.IDS_FILE).read_text())["video_ids"] == ["a", "b"]
+    manifest = json.loads((repo / G.MANIFEST_FILE).read_text())
+    assert manifest["models"][P.GALLERY_MODEL]["versions"] == [1, 2, 3]
+
+
+def test_a_held_lock_is_reported_not_waited_on_forever(tmp_path):
+    from prost_client.errors import ClientError
+
+    with G.DirectoryLock(tmp_path):
+        with pytest.raises(ClientError, match="locked by another writer"):
+            with G.DirectoryLock(tmp_path, timeout=0.2):
+                pass

@@ -1,11 +1,19 @@
 """End to end on a real tritonserver: served results equal the torch model's, bad requests fail alone, galleries
-swap under load, and the model-repository endpoints need the key."""
+swap under load, publishing is safe under timeouts and concurrency, the model-repository endpoints need the key, and
+`prost serve` stops cleanly on a signal."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +24,10 @@ from tritonclient.utils import InferenceServerException
 import prost
 from prost.data.video import decode_video
 from prost.model.prost import TextPrototypes, VideoPrototypes
-from prost_client import errors, protocol as P
+from prost_client import errors, gallery as G, protocol as P
 from prost_client.client import AsyncProstClient, ProstClient
+from prost_client.wire import key_headers
+from prost_model_repository.gallery.ranking import merge_top_k
 
 ATOL = 1e-4
 
@@ -31,10 +41,15 @@ def texts(synthetic_dataset) -> list[str]:
 @pytest.fixture(scope="module")
 def reference(tiny_model, synthetic_videos):
     """Prototypes of the synthetic videos computed in-process with the torch model (frames decoded as served)."""
-    cfg = tiny_model.config
-    frames = np.stack([decode_video(p, cfg.head.num_frames, cfg.vision.image_size).frames for p in synthetic_videos])
+    return encode_videos(tiny_model, synthetic_videos, tiny_model.config.sample_fps)
+
+
+def encode_videos(model, videos: list[Path], sample_fps: float | None) -> VideoPrototypes:
+    cfg = model.config
+    frames = np.stack([decode_video(p, cfg.head.num_frames, cfg.vision.image_size, sample_fps=sample_fps).frames
+                       for p in videos])
     with torch.no_grad():
-        return tiny_model.encode_video(torch.from_numpy(frames))
+        return model.encode_video(torch.from_numpy(frames))
 
 
 def encode_texts(model, texts: list[str]) -> TextPrototypes:
@@ -50,10 +65,64 @@ def test_encode_equals_torch(client, reference, synthetic_videos):
 
 def test_score_equals_torch(client, tiny_model, reference, synthetic_videos, texts):
     text = encode_texts(tiny_model, texts)
+    phrases, sentence = client.encode_texts(texts)
+    np.testing.assert_allclose(phrases, text.phrases.numpy(), atol=ATOL)
+    np.testing.assert_allclose(sentence, text.sentence.numpy(), atol=ATOL)
     for beta in (None, 2.5):
         served = client.score(texts, synthetic_videos, beta=beta)
         expected = prost.similarity(text, reference, beta=tiny_model.config.beta if beta is None else beta).total
         np.testing.assert_allclose(served, expected.numpy(), atol=ATOL)
+
+
+def inference_count(triton_server, model: str) -> int:
+    raw = grpcclient.InferenceServerClient(triton_server.url)
+    return int(raw.get_inference_statistics(model, as_json=True)["model_stats"][0].get("inference_count", 0))
+
+
+def test_score_decodes_each_video_once(triton_server, client, texts, synthetic_videos):
+    """Texts in chunks of 2 and videos in chunks of 4: every video is decoded once, not once per text chunk."""
+    before = inference_count(triton_server, P.VIDEO_DECODE_MODEL)
+    with ProstClient(triton_server.url, timeout=60, text_batch_size=2, video_batch_size=4) as chunked:
+        served = chunked.score(texts, synthetic_videos)
+    assert inference_count(triton_server, P.VIDEO_DECODE_MODEL) - before == len(synthetic_videos)
+    np.testing.assert_allclose(served, client.score(texts, synthetic_videos), atol=1e-6)
+    assert client.score([], synthetic_videos).shape == (0, len(synthetic_videos))
+
+
+def test_video_decode_parameters_are_applied_per_request(triton_server, tiny_model, synthetic_videos):
+    """SAMPLE_FPS changes which frames are served; oversized inputs and over-long clips are INVALID_ARGUMENT and
+    fail alone. prost_video_decode is reloaded with overridden parameters, then with its original config."""
+    raw = grpcclient.InferenceServerClient(triton_server.url)
+    headers = key_headers(triton_server.repository_key)
+    config = raw.get_model_config(P.VIDEO_DECODE_MODEL, as_json=True)["config"]
+    smallest = min(synthetic_videos, key=lambda p: p.stat().st_size)
+
+    def reload(**params):
+        changed = json.loads(json.dumps(config))
+        changed["parameters"].update({k: {"string_value": str(v)} for k, v in params.items()})
+        raw.load_model(P.VIDEO_DECODE_MODEL, config=json.dumps(changed), headers=headers)
+
+    try:
+        reload(SAMPLE_FPS=1.0)
+        with ProstClient(triton_server.url, timeout=60) as c:
+            c.wait_ready(60)
+            objects, _ = c.encode_videos(synthetic_videos[:2])
+            expected = encode_videos(tiny_model, synthetic_videos[:2], sample_fps=1.0)
+            np.testing.assert_allclose(objects, expected.objects.numpy(), atol=ATOL)
+            assert not np.allclose(objects, encode_videos(tiny_model, synthetic_videos[:2], None).objects.numpy(),
+                                   atol=ATOL)
+        reload(MAX_VIDEO_BYTES=smallest.stat().st_size, MAX_SOURCE_FRAMES=3)
+        with ProstClient(triton_server.url, timeout=60) as c:
+            c.wait_ready(60)
+            with pytest.raises(errors.InvalidRequestError, match="MAX_VIDEO_BYTES"):
+                c.encode_videos([smallest.read_bytes() + b"\0"])
+            with pytest.raises(errors.InvalidRequestError, match="more than the limit of 3"):
+                c.encode_videos([smallest])
+    finally:  # the original config (a load without one keeps the override while config.pbtxt is unchanged)
+        reload()
+    with ProstClient(triton_server.url, timeout=60) as c:
+        c.wait_ready(60)
+        assert c.encode_videos(synthetic_videos[:1])[0].shape[0] == 1
 
 
 def test_search_equals_torch(client, published_gallery, tiny_model, reference, texts):
@@ -161,15 +230,80 @@ def test_empty_gallery_answers_no_results(client, published_gallery, model_repos
     assert len(client.search("a purple cross moves up", top_k=3)[0]) == 3
 
 
-def test_a_corrupt_gallery_version_does_not_load_and_the_old_one_serves(client, published_gallery,
+def test_a_corrupt_gallery_version_does_not_load_and_the_old_one_serves(client, triton_server, published_gallery,
                                                                        model_repository):
+    """A definite load failure removes the version, also when it is only learnt after the load call timed out."""
     _, ids, objects, events = published_gallery
     served = client.gallery_version()
-    with pytest.raises(errors.ClientError, match="objects has shape"):
-        client.publish_prototypes(ids[:2], objects[:2, :, :-1], events[:2], repository=model_repository)
-    assert client.gallery_version() == served
-    assert not (model_repository / P.GALLERY_MODEL / str(served + 1)).exists()  # the failed version is removed
+    with ProstClient(triton_server.url, timeout=60, load_timeout=0.3,
+                     repository_key=triton_server.repository_key) as impatient:
+        for publisher in (client, impatient):
+            with pytest.raises(errors.ClientError, match=r"load prost_gallery version \d+: .*objects has shape"):
+                publisher.publish_prototypes(ids[:2], objects[:2, :, :-1], events[:2], repository=model_repository)
+            assert client.gallery_version() == served
+            assert G.versions(model_repository / P.GALLERY_MODEL)[-1] == served  # the failed version is removed
     assert len(client.search("a yellow cross", top_k=10)[0]) == len(ids)
+    manifest = json.loads((model_repository / G.MANIFEST_FILE).read_text())
+    assert manifest["models"][P.GALLERY_MODEL]["latest"] == served
+
+
+def test_a_load_that_outlives_its_deadline_is_kept(triton_server, client, published_gallery, model_repository):
+    """The load call times out while Triton still loads the version: it is kept and returned once ready."""
+    _, ids, objects, events = published_gallery
+    with ProstClient(triton_server.url, timeout=60, load_timeout=0.3,
+                     repository_key=triton_server.repository_key) as impatient:
+        version = impatient.publish_prototypes(ids, objects, events, repository=model_repository)
+    assert client.gallery_version() == version == G.versions(model_repository / P.GALLERY_MODEL)[-1]
+    assert len(client.search("a yellow cross", top_k=10)[0]) == len(ids)
+
+
+def test_concurrent_publishers_both_succeed(triton_server, client, published_gallery, model_repository):
+    """Two clients publish into the served repository at once: distinct versions, both loaded, no staging left."""
+    _, ids, objects, events = published_gallery
+    results, failures = {}, []
+
+    def publish(name, count):
+        try:
+            with ProstClient(triton_server.url, timeout=60, repository_key=triton_server.repository_key) as c:
+                results[name] = c.publish_prototypes(ids[:count], objects[:count], events[:count],
+                                                     repository=model_repository)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=publish, args=(name, count)) for name, count in (("a", 3), ("b", len(ids)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not failures, failures
+    assert results["a"] != results["b"] and client.gallery_version() == max(results.values())
+    model_dir = model_repository / P.GALLERY_MODEL
+    assert not [p.name for p in model_dir.iterdir() if p.name.startswith(".staging")]
+    client.publish_prototypes(ids, objects, events, repository=model_repository)  # the session's gallery again
+
+
+def test_top_k_ties_keep_the_lower_index_at_the_boundary():
+    scores = np.ones((2, 6), np.float32)
+    scores[1, [1, 4]] = 2.0
+    indices = np.broadcast_to(np.arange(6), scores.shape)
+    empty_i, empty_s = np.zeros((2, 0), np.int64), np.zeros((2, 0), np.float32)
+    top_i, top_s = merge_top_k(empty_i, empty_s, indices, scores, 4)
+    assert top_i.tolist() == [[0, 1, 2, 3], [1, 4, 0, 2]]
+    top_i, _ = merge_top_k(*merge_top_k(empty_i, empty_s, indices[:, :3], scores[:, :3], 2),
+                           indices[:, 3:], scores[:, 3:], 2)  # chunked: same answer
+    assert top_i.tolist() == [[0, 1], [1, 4]]
+
+
+def test_tied_gallery_scores_rank_by_gallery_order(client, published_gallery, model_repository):
+    _, ids, objects, events = published_gallery
+    same_o = np.broadcast_to(objects[:1], objects.shape)
+    same_e = np.broadcast_to(events[:1], events.shape)
+    try:
+        client.publish_prototypes(ids, same_o, same_e, repository=model_repository)
+        hits = client.search("a tie", top_k=4)[0]
+        assert [h.video_id for h in hits] == ids[:4] and len({h.score for h in hits}) == 1
+    finally:
+        client.publish_prototypes(ids, objects, events, repository=model_repository)
 
 
 def test_repository_endpoints_need_the_key(triton_server, published_gallery):
@@ -181,3 +315,56 @@ def test_repository_endpoints_need_the_key(triton_server, published_gallery):
             keyless.publish_prototypes(*published_gallery[1:], similarity_onnx=b"unused")
         assert keyless.search("inference needs no key", top_k=1)[0]
     assert raw.is_model_ready(P.TEXT_SEARCH_MODEL)
+
+
+def test_prost_serve_stops_cleanly_on_sigterm(model_repository, tmp_path):
+    """`prost serve` as a process: SIGTERM during startup and once ready both exit 0 and leave no tritonserver or
+    python-backend stub behind (found by the unique repository path in /proc/*/cmdline)."""
+    from prost_export.server import free_ports
+
+    repo = tmp_path / "serve-repo"
+    repo.mkdir()
+    shutil.copytree(model_repository / P.TOKENIZER_MODEL, repo / P.TOKENIZER_MODEL)
+    for when in ("startup", "ready"):
+        ports = free_ports(3)
+        err = tmp_path / f"{when}.err"
+        with open(err, "w") as stderr:
+            proc = subprocess.Popen([sys.executable, "-m", "prost.cli", "serve", "--repository", str(repo),
+                                     "--grpc-port", str(ports[0]), "--http-port", str(ports[1]), "--metrics-port",
+                                     str(ports[2]), "--log-dir", str(tmp_path / when), "--grace", "20"],
+                                    stderr=stderr)
+        if when == "startup":  # tritonserver exists but is not ready yet
+            wait_for(lambda: processes_using(repo), proc, err)
+        else:
+            wait_for(lambda: "ready in" in err.read_text(), proc, err)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, err.read_text()
+        wait_for(lambda: not processes_using(repo), None, err)
+        expected = "stopped during startup" if when == "startup" else "tritonserver exited with status"
+        assert expected in err.read_text()
+    assert oct((tmp_path / "ready" / "repository.key").stat().st_mode & 0o777) == "0o600"
+
+
+def processes_using(repository: Path) -> list[str]:
+    """Live (not zombie) tritonserver and python-backend stub processes whose command line names `repository`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if str(repository) in cmdline and ("tritonserver" in cmdline or "triton_python_backend_stub" in cmdline) \
+                and state != "Z":
+            found.append(f"{entry.name}: {cmdline[:160]}")
+    return found
+
+
+def wait_for(condition, proc, err: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"prost serve exited with {proc.returncode}: {err.read_text()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting; stderr: {err.read_text()}")
+        time.sleep(0.1)

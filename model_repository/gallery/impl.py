@@ -17,6 +17,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from prost_client import gallery as G, protocol as P
+from prost_model_repository.gallery.ranking import merge_top_k
 from prost_model_repository.utils import ParameterError, dims, invalid, model_config, ort_session, param_float
 from prost_model_repository.utils import param_int, parameters, version_dir
 
@@ -106,15 +107,9 @@ class TritonPythonModel:
                     P.OBJECT_PROTOTYPES: self.objects[v0:v0 + chunk].astype(np.float32),
                     P.EVENT_PROTOTYPES: self.events[v0:v0 + chunk].astype(np.float32)}
             scores = self.session.run([P.SIMILARITY], feed)[0]  # [T, c]
-            cand_s = np.concatenate([best_s, scores], axis=1)
-            cand_i = np.concatenate([best_i, np.broadcast_to(np.arange(v0, v0 + scores.shape[1]), scores.shape)],
-                                    axis=1)
-            if cand_s.shape[1] > k:
-                keep = np.argpartition(-cand_s, k - 1, axis=1)[:, :k]
-                cand_s, cand_i = np.take_along_axis(cand_s, keep, 1), np.take_along_axis(cand_i, keep, 1)
-            best_s, best_i = cand_s, cand_i
-        order = np.stack([np.lexsort((i, -s)) for i, s in zip(best_i, best_s)])
-        return np.take_along_axis(best_i, order, 1), np.take_along_axis(best_s, order, 1)
+            indices = np.broadcast_to(np.arange(v0, v0 + scores.shape[1]), scores.shape)
+            best_i, best_s = merge_top_k(best_i, best_s, indices, scores, k)
+        return best_i, best_s
 
     def _response(self, phrases: np.ndarray, idx: np.ndarray, scores: np.ndarray):
         """VIDEO_IDS, SCORES and MATCHED_FRAMES of one request's [B, k] results."""

@@ -1,8 +1,13 @@
 """prost_video_decode: VIDEO (the bytes of an encoded video file) -> FRAMES float32 [L, 3, S, S].
 
 Frames are sampled and preprocessed by `prost.data.video.decode_video`, exactly as in training and evaluation.
-Parameters: NUM_FRAMES (L), IMAGE_SIZE (S), both required and equal to the FRAMES dims; MAX_VIDEO_BYTES.
-A video that cannot be decoded fails its own request with INVALID_ARGUMENT; the other requests of the batch succeed.
+Parameters (all required; `prost repository build` writes them):
+  NUM_FRAMES, IMAGE_SIZE   L and S, equal to the FRAMES dims
+  SAMPLE_FPS               the export config's `sample_fps` ("none": every frame), so serving samples as training did
+  MAX_VIDEO_BYTES          larger inputs are refused before decoding
+  MAX_SOURCE_FRAMES        a clip whose container lists more frames is refused before decoding (bounds the work)
+A video that is refused or cannot be decoded fails its own request with INVALID_ARGUMENT; the other requests of the
+batch succeed.
 """
 
 import numpy as np
@@ -12,6 +17,7 @@ from prost.data.video import decode_video
 from prost.errors import DataError
 from prost_client import protocol as P
 from prost_model_repository.utils import ParameterError, dims, internal, invalid, model_config, param_int, parameters
+from prost_model_repository.utils import param_optional_float
 
 
 class TritonPythonModel:
@@ -20,7 +26,9 @@ class TritonPythonModel:
         params = parameters(config)
         self.num_frames = param_int(params, "NUM_FRAMES", minimum=1)
         self.image_size = param_int(params, "IMAGE_SIZE", minimum=1)
-        self.max_bytes = param_int(params, "MAX_VIDEO_BYTES", 512 << 20, minimum=1)
+        self.max_bytes = param_int(params, "MAX_VIDEO_BYTES", minimum=1)
+        self.max_source_frames = param_int(params, "MAX_SOURCE_FRAMES", minimum=1)
+        self.sample_fps = param_optional_float(params, "SAMPLE_FPS", minimum=0.0)
         expected = [self.num_frames, 3, self.image_size, self.image_size]
         if dims(config, P.FRAMES) != expected:
             raise ParameterError(f"NUM_FRAMES/IMAGE_SIZE give {expected} but {P.FRAMES} dims are "
@@ -39,7 +47,8 @@ class TritonPythonModel:
             if len(data) > self.max_bytes:
                 return invalid(f"{P.VIDEO}[{i}] has {len(data)} bytes, more than MAX_VIDEO_BYTES={self.max_bytes}")
             try:
-                frames[i] = decode_video(data, self.num_frames, self.image_size).frames
+                frames[i] = decode_video(data, self.num_frames, self.image_size, sample_fps=self.sample_fps,
+                                         max_source_frames=self.max_source_frames).frames
             except DataError as exc:
                 return invalid(f"{P.VIDEO}[{i}]: {exc}")
             except Exception as exc:  # noqa: BLE001 - one undecodable upload must not take the instance down
