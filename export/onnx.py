@@ -7,7 +7,6 @@ Exporter mode is pinned to the TorchScript-based `torch.onnx.export(..., dynamo=
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import platform
@@ -23,6 +22,7 @@ from prost.checkpoint import load_model
 from prost.errors import ExportError
 from prost.model.prost import ProstModel
 from prost.model.similarity import combine, event_sentence, object_phrase
+from prost_client.gallery import sha256_file
 from prost_export.specs import GraphSpec, graph_specs
 from prost_export.trt_ops import TENSORRT_ONNX_OPS
 
@@ -174,7 +174,7 @@ def export_onnx(model: ProstModel, out_dir: str | Path, *, checkpoint: str | Pat
 def write_manifest(model: ProstModel, out: Path, specs: dict[str, GraphSpec], checkpoint: str | Path | None) -> None:
     import onnxruntime
 
-    files = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in sorted(out.iterdir())
+    files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(out.iterdir())
              if p.name != MANIFEST and p.is_file() and not p.name.endswith(".plan")}
     manifest = {
         "format": "prost-serve-export/1",
@@ -207,17 +207,9 @@ def read_manifest(export_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def checkpoint_sha256(path: Path) -> str:
     """sha256 of a checkpoint file, or of our directory's weights file."""
-    return sha256(path / "model.safetensors" if path.is_dir() and (path / "model.safetensors").exists() else path)
+    return sha256_file(path / "model.safetensors" if path.is_dir() and (path / "model.safetensors").exists() else path)
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:

@@ -18,7 +18,8 @@ import torch
 
 from prost.config import ProstConfig
 from prost.errors import DependencyError, ExportError
-from prost_export.onnx import MANIFEST, example_inputs, read_manifest, sha256, write_json_atomic
+from prost_client.gallery import sha256_file
+from prost_export.onnx import MANIFEST, example_inputs, read_manifest, write_json_atomic
 from prost_export.parity import ParityReport, compare, onnx_session, run_onnx
 from prost_export.specs import GraphSpec, graph_specs
 
@@ -110,7 +111,7 @@ def build_engine(onnx_path: Path, spec: GraphSpec, plan_path: Path, *, precision
     plan_path.write_bytes(bytes(serialized))
     if timing_cache:
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
-    return {**gpu_identity(), "file": plan_path.name, "sha256": sha256(plan_path), "onnx_sha256": sha256(onnx_path),
+    return {**gpu_identity(), "file": plan_path.name, "sha256": sha256_file(plan_path), "onnx_sha256": sha256_file(onnx_path),
             "precision": precision, "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max},
             "build_seconds": round(time.perf_counter() - started, 1)}
 

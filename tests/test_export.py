@@ -12,7 +12,8 @@ from onnx import TensorProto, helper
 import prost
 from prost.errors import ExportError, ParityError
 from prost_client import protocol as p
-from prost_export.onnx import EncoderGraph, check_graph, example_inputs, export_graph, export_onnx, sha256
+from prost_client.gallery import sha256_file as sha256
+from prost_export.onnx import EncoderGraph, check_graph, example_inputs, export_graph, export_onnx
 from prost_export.parity import check_random_parity, compare, onnx_session, run_onnx, run_torch
 from prost_export.specs import GraphSpec, TensorSpec, graph_specs
 

@@ -1,0 +1,138 @@
+"""Standard text-video retrieval metrics (R@K, MdR, MnR) from a similarity matrix, and the transductive Hungarian R@1.
+
+Conventions (official `metrics.py::compute_metrics`, ProST main_my.py lines 300-542):
+
+* rank = 0-based position of the ground truth in its row sorted by descending score; R@K = % of queries with
+  rank < K; MdR = median(rank) + 1; MnR = mean(rank) + 1.
+* Ties: the official code finds the rank by equality (`np.where(sorted - gt == 0)`), so a ground truth tied with
+  other items takes the best of the tied positions. We follow it: rank = number of items scoring *strictly* higher.
+  (The official code also emits one extra entry per tied position, inflating its denominator; we keep exactly one
+  rank per query.) NaN scores never outrank anything. Because a constant (collapsed) matrix would then score
+  perfectly, every result also reports `tied`, the number of queries whose ground truth ties another item.
+* Several captions per video: text-to-video rows are captions, each with its video as ground truth; video-to-text
+  takes, for each video, the best rank among its captions (the other captions of the same video never count
+  against it), as in the standard multi-sentence protocol.
+* The Hungarian one-to-one assignment (`hungarian_r1`) is the post-processing the official log prints first. It is
+  transductive (it needs every query at once and assumes a one-to-one test set), so it is opt-in and every result
+  it produces carries `"transductive": True` and a label saying so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+RECALL_KS = (1, 5, 10)
+TRANSDUCTIVE_LABEL = "Hungarian one-to-one assignment (transductive, not standard R@1)"
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def _as_numpy(scores: ArrayLike) -> np.ndarray:
+    if isinstance(scores, torch.Tensor):
+        scores = scores.detach().float().cpu().numpy()
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be a 2-D [queries, items] matrix, got shape {scores.shape}")
+    return scores
+
+
+def ground_truth_ranks(scores: ArrayLike, targets: ArrayLike) -> np.ndarray:
+    """0-based rank of each row's ground-truth column: the number of items scoring strictly higher (ties favour it)."""
+    scores, truth = _truth(scores, targets)
+    return (scores > truth).sum(axis=1)
+
+
+def _truth(scores: ArrayLike, targets: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    scores = _as_numpy(scores)
+    targets = np.asarray(targets, dtype=np.int64)
+    if targets.shape != (scores.shape[0],):
+        raise ValueError(f"targets must have one entry per row ({scores.shape[0]}), got shape {targets.shape}")
+    if targets.size and (targets.min() < 0 or targets.max() >= scores.shape[1]):
+        raise ValueError(f"targets must index columns in [0, {scores.shape[1]})")
+    return scores, scores[np.arange(len(targets)), targets][:, None]  # [Q, V], [Q, 1]
+
+
+def _with_ties(ranks: np.ndarray, tied: np.ndarray) -> dict[str, float]:
+    """Summary plus `tied`: queries whose ground truth ties another item (a degenerate, e.g. constant, matrix
+    scores perfectly under the official rule, so any count above zero deserves a look)."""
+    return {**summarize(ranks), "tied": int(np.sum(tied))}
+
+
+def summarize(ranks: ArrayLike) -> dict[str, float]:
+    """R@1/5/10 (percent), MdR and MnR (1-based) of 0-based ranks."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if ranks.size == 0:
+        raise ValueError("no queries to score")
+    out = {f"R@{k}": float(100.0 * np.mean(ranks < k)) for k in RECALL_KS}
+    out["MdR"] = float(np.median(ranks) + 1)
+    out["MnR"] = float(np.mean(ranks) + 1)
+    out["queries"] = int(ranks.size)
+    return out
+
+
+def text_to_video(scores: ArrayLike, caption_video: ArrayLike) -> dict[str, float]:
+    """Metrics of S [captions, videos]: each caption's ground truth is its video."""
+    scores, truth = _truth(scores, caption_video)
+    return _with_ties((scores > truth).sum(axis=1), (scores == truth).sum(axis=1) > 1)
+
+
+def video_to_text(scores: ArrayLike, caption_video: ArrayLike) -> dict[str, float]:
+    """Metrics of S^T: for each video with captions, the best rank among its captions over all captions."""
+    scores = _as_numpy(scores)
+    caption_video = np.asarray(caption_video, dtype=np.int64)
+    if caption_video.shape != (scores.shape[0],):
+        raise ValueError(f"caption_video must have one entry per caption ({scores.shape[0]}), got {caption_video.shape}")
+    by_video = scores.T  # [V, T]
+    n_videos = by_video.shape[0]
+    # Best score among each video's own captions; the best one has no own caption above it, so its rank is the
+    # number of captions scoring strictly higher than it.
+    best = np.full(n_videos, -np.inf)
+    np.maximum.at(best, caption_video, scores[np.arange(len(caption_video)), caption_video])
+    has_caption = np.bincount(caption_video, minlength=n_videos) > 0
+    own = by_video[has_caption]
+    truth = best[has_caption, None]
+    # Ties only with other videos' captions count: a video's own captions may share its best score.
+    others = own[:, :] == truth
+    others[np.flatnonzero(has_caption)[:, None] == caption_video[None, :]] = False
+    return _with_ties((own > truth).sum(axis=1), others.any(axis=1))
+
+
+def retrieval_metrics(scores: ArrayLike, caption_video: ArrayLike | None = None) -> dict[str, dict[str, float]]:
+    """t2v and v2t metrics of S [captions, videos]; `caption_video` defaults to the diagonal (one caption each)."""
+    scores = _as_numpy(scores)
+    if caption_video is None:
+        if scores.shape[0] != scores.shape[1]:
+            raise ValueError(f"a non-square matrix {scores.shape} needs caption_video (the video of each caption)")
+        caption_video = np.arange(scores.shape[0])
+    return {"t2v": text_to_video(scores, caption_video), "v2t": video_to_text(scores, caption_video)}
+
+
+def hungarian_r1(scores: ArrayLike, caption_video: ArrayLike | None = None) -> dict[str, Any]:
+    """Transductive R@1: % of captions that a one-to-one assignment (cost 2 - S over all queries) gives their video.
+
+    With more captions than videos, only min(captions, videos) captions get a video; the others count as misses.
+    """
+    scores = _as_numpy(scores)
+    caption_video = np.arange(scores.shape[0]) if caption_video is None else np.asarray(caption_video, np.int64)
+    rows, cols = linear_sum_assignment(2.0 - np.nan_to_num(scores, nan=-1e9, neginf=-1e9, posinf=1e9))
+    hits = int(np.sum(caption_video[rows] == cols))
+    return {"R@1": 100.0 * hits / scores.shape[0], "queries": int(scores.shape[0]), "transductive": True,
+            "label": TRANSDUCTIVE_LABEL}
+
+
+def format_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
+    """A plain-text table: one line per (name, direction) with R@1/5/10, MdR, MnR."""
+    header = f"{'':<22}{'dir':<5}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'MdR':>7}{'MnR':>8}"
+    lines = [header, "-" * len(header)]
+    for name, result in rows.items():
+        for direction in ("t2v", "v2t"):
+            if direction not in result:
+                continue
+            m = result[direction]
+            lines.append(f"{name:<22}{direction:<5}{m['R@1']:>7.1f}{m['R@5']:>7.1f}{m['R@10']:>7.1f}"
+                         f"{m['MdR']:>7.1f}{m['MnR']:>8.1f}")
+    return "\n".join(lines)

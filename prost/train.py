@@ -1,0 +1,700 @@
+"""Training (`prost train`): the official ProST recipe driven by a `TrainConfig`, resumable step for step.
+
+Recipe (reference §2-3): loss = mean of the four InfoNCE terms over S_es and S_op (or only the S_es or S_op pair
+for the `--loss es|op` ablations); AdamW (betas 0.9/0.98, eps 1e-6) with weight decay 0.2 on every parameter whose
+name lacks "bias"; `clip.` parameters at lr * clip_lr_coef; warmup-cosine schedule (warmup 0.1 of the steps);
+gradient clipping at 1.0 per parameter tensor, as the official BertAdam does (`--clip-mode global` clips the global
+norm instead); logit scale clamped at ln(100) after every step; batch-global negatives across DDP ranks.
+
+Defaults depend on the starting point. With pretrained CLIP weights (`--clip-weights`) or `--init`, they are the
+official ones: lr 1e-4, CLIP lr 1e-4 * 1e-3 = 1e-7, 5 epochs. From scratch (the tiny preset on the synthetic set)
+a CLIP lr of 1e-7 would leave the towers random, so every parameter trains at lr `SCRATCH_LR` (coef 1) for
+`SCRATCH_EPOCHS` epochs.
+
+A run directory holds our checkpoint (model.safetensors + config.json, rewritten every epoch and at the end),
+train_config.json, train_state.pt (optimizer, scheduler, RNG states, position; tensors and plain Python only, so it
+loads with weights_only=True), metrics.jsonl and training.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from prost.checkpoint import load_clip_weights, load_model, save_model
+from prost.config import ProstConfig, parse_overrides
+from prost.errors import ConfigError
+from prost.factory import create_model, preset_config
+from prost.loss import MAX_LOGIT_SCALE, prost_loss, symmetric_infonce
+from prost.model.prost import ProstModel
+from prost.model.similarity import event_sentence, object_phrase
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("full", "es", "op")
+PRECISIONS = ("fp32", "bf16", "fp16")
+CLIP_MODES = ("per-tensor", "global")
+PRETRAINED_LR, PRETRAINED_CLIP_LR_COEF, PRETRAINED_EPOCHS = 1e-4, 1e-3, 5
+SCRATCH_LR, SCRATCH_CLIP_LR_COEF, SCRATCH_EPOCHS = 1e-3, 1.0, 12
+SCRATCH_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's own from-scratch init; the model's default ln(100) is CLIP's trained value
+FRAME_CACHE_MAX_BYTES = 8 << 30
+STATE_FILE, CONFIG_FILE, METRICS_FILE, PLOT_FILE = "train_state.pt", "train_config.json", "metrics.jsonl", "training.png"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs besides the data; the architecture lives in `model`, never copied here."""
+
+    model: ProstConfig
+    data: str  # dataset root
+    epochs: int = SCRATCH_EPOCHS
+    batch_size: int = 64  # global batch (split over DDP ranks); negatives are batch-global
+    lr: float = SCRATCH_LR  # head learning rate (peak of the schedule)
+    clip_lr_coef: float = SCRATCH_CLIP_LR_COEF  # `clip.` parameters train at lr * clip_lr_coef
+    weight_decay: float = 0.2  # on every parameter whose name lacks "bias" (official grouping)
+    warmup: float = 0.1  # fraction of the steps with a linear warmup
+    grad_clip: float = 1.0  # max gradient norm
+    clip_mode: str = "per-tensor"  # official: each parameter tensor clipped on its own; "global": one norm
+    grad_accum: int = 1  # micro-batches per optimizer step (each micro-batch has its own negatives)
+    precision: str = "fp32"  # autocast dtype: fp32 (off), bf16 (CPU or CUDA), fp16 (CUDA only)
+    loss: str = "full"  # full: 4 InfoNCE terms; es / op: only the S_es / S_op pair (ablations)
+    seed: int = 0
+    split: str = "train"
+    val_split: str = "val"  # validated after every epoch; skipped when the split is empty
+    layout: str = "auto"
+    frame_cache: bool = True  # decode every training clip once and keep its uint8 frames in memory
+    hard_negatives: int = 0  # >1: batches built from groups of this many videos with similar captions (not official)
+    init_logit_scale: float | None = SCRATCH_LOGIT_SCALE  # set before step 0; None keeps the model's (pretrained)
+    workers: int = 0  # decoding processes when frame_cache is off (and for validation)
+    clip_weights: str | None = None  # OpenAI CLIP archive for the towers
+    init: str | None = None  # checkpoint to start from (its architecture replaces the preset)
+    log_every: int = 10  # optimizer steps between metrics.jsonl lines
+
+    def __post_init__(self) -> None:
+        choices = {"loss": LOSSES, "precision": PRECISIONS, "clip_mode": CLIP_MODES}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ConfigError(f"{name}={getattr(self, name)!r}; valid: {', '.join(valid)}")
+        for name in ("epochs", "batch_size", "grad_accum", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ConfigError(f"warmup must be in [0, 1), got {self.warmup}")
+
+    @classmethod
+    def create(cls, model: ProstConfig, data: str, **fields: Any) -> TrainConfig:
+        """A config with the recipe defaults for its starting point (pretrained or scratch); None means default."""
+        fields = {k: v for k, v in fields.items() if v is not None}
+        pretrained = bool(fields.get("clip_weights") or fields.get("init"))
+        defaults = {"lr": PRETRAINED_LR, "clip_lr_coef": PRETRAINED_CLIP_LR_COEF, "epochs": PRETRAINED_EPOCHS,
+                    "init_logit_scale": None} if pretrained else {}
+        return cls(model=model, data=str(data), **{**defaults, **fields})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "model": self.model.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ConfigError(f"unknown training config key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+        return cls(**{**data, "model": ProstConfig.from_dict(data["model"])})
+
+
+# ----------------------------------------------------------------------------------------------- optimisation
+
+
+def warmup_cosine(progress: float, warmup: float = 0.1) -> float:
+    """Official schedule factor at progress p = step / total: p / warmup while p < warmup, then 0.5 (1 + cos(pi p))."""
+    if progress < warmup:
+        return progress / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def parameter_groups(model: nn.Module, lr: float, clip_lr_coef: float, weight_decay: float) -> list[dict[str, Any]]:
+    """Official grouping: decay unless the name contains "bias"; names containing "clip." get lr * clip_lr_coef."""
+    groups: dict[tuple[bool, bool], list[tuple[str, nn.Parameter]]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups.setdefault(("clip." in name, "bias" not in name), []).append((name, param))
+    out = []
+    for (is_clip, decay), named in sorted(groups.items()):
+        out.append({"params": [p for _, p in named], "names": [n for n, _ in named],
+                    "lr": lr * clip_lr_coef if is_clip else lr, "weight_decay": weight_decay if decay else 0.0,
+                    "group": f"{'clip' if is_clip else 'head'}_{'decay' if decay else 'no_decay'}"})
+    return out
+
+
+def clip_gradients(params: list[nn.Parameter], max_norm: float, mode: str) -> None:
+    """Clip each tensor's gradient to `max_norm` (official, per tensor) or all of them to one global norm."""
+    grads = [p for p in params if p.grad is not None]
+    if mode == "global":
+        torch.nn.utils.clip_grad_norm_(grads, max_norm)
+    else:
+        for param in grads:
+            torch.nn.utils.clip_grad_norm_(param, max_norm)
+
+
+def clamp_logit_scale(model: ProstModel) -> None:
+    """Keep the learnable temperature at exp(logit_scale) <= 100, as after every official step."""
+    with torch.no_grad():
+        model.clip.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, total_steps: int):
+    """AdamW over the official parameter groups and the warmup-cosine LambdaLR over `total_steps` steps."""
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.lr, config.clip_lr_coef, config.weight_decay),
+                                  betas=(0.9, 0.98), eps=1e-6)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step / total_steps, config.warmup))
+    return optimizer, scheduler
+
+
+# -------------------------------------------------------------------------------------------- distribution
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a torchrun job (world 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on CUDA, Gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+    if world == 1:
+        return Dist(device=device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), device=device)
+
+
+class AllGather(torch.autograd.Function):
+    """Concatenate a tensor over ranks; the backward pass returns this rank's slice (official AllGather)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.size = dist.get_rank(), tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad[ctx.rank * ctx.size:(ctx.rank + 1) * ctx.size]
+
+
+class Encoders(nn.Module):
+    """Both towers and the temperature in one forward, so DistributedDataParallel sees every parameter use."""
+
+    def __init__(self, model: ProstModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames: torch.Tensor, token_ids: torch.Tensor):
+        # logit_scale leaves through the output (a clone, which has a grad_fn), else DDP would count it as unused.
+        return self.model.encode_video(frames), self.model.encode_text(token_ids), self.model.clip.logit_scale.clone()
+
+
+def contrastive_loss(encoders: nn.Module, frames: torch.Tensor, token_ids: torch.Tensor, loss: str, precision: str,
+                     world: int) -> torch.Tensor:
+    """The training loss of one batch; prototypes are gathered over ranks and scored in fp32."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = torch.autocast(frames.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    with autocast:
+        video, text, logit_scale = encoders(frames, token_ids)
+    tensors = [t.float() for t in (video.objects, video.events, text.phrases, text.sentence)]
+    if world > 1:
+        tensors = [AllGather.apply(t) for t in tensors]  # batch-global negatives; gradients flow to the local slice
+    objects, events, phrases, sentence = tensors
+    if loss == "es":
+        return symmetric_infonce(event_sentence(sentence, events), logit_scale.exp()) / 2
+    if loss == "op":
+        return symmetric_infonce(object_phrase(phrases, objects), logit_scale.exp()) / 2
+    return prost_loss(event_sentence(sentence, events), object_phrase(phrases, objects), logit_scale)
+
+
+# ------------------------------------------------------------------------------------------------- state
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch RNG states as tensors and plain values (loadable with weights_only=True)."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(int(x) for x in mt.tolist()), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(config: TrainConfig) -> ProstModel:
+    """The seeded starting model: `--init` checkpoint, else the preset with optional CLIP weights."""
+    if config.init:
+        model = load_model(config.init)
+        if model.config != config.model:
+            raise ConfigError(f"--init {config.init} has a different architecture than the training config")
+    else:
+        model = create_model(config.model, seed=config.seed)
+        if config.clip_weights:
+            load_clip_weights(model, config.clip_weights)
+    if config.init_logit_scale is not None:
+        with torch.no_grad():
+            model.clip.logit_scale.fill_(config.init_logit_scale)
+    return model
+
+
+def save_run(out: Path, model: ProstModel, optimizer, scheduler, position: dict[str, int]) -> None:
+    """Checkpoint in our format plus everything `--resume` needs to continue exactly."""
+    save_model(model, out)
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+             **position}
+    tmp = out / (STATE_FILE + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(out / STATE_FILE)
+
+
+def load_state(out: Path) -> dict[str, Any]:
+    return torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+# -------------------------------------------------------------------------------------------------- data
+
+
+class TrainClips(torch.utils.data.Dataset):
+    """One item per training video; its caption for an epoch is drawn from (seed, epoch, index) alone, so batches
+    do not depend on workers or on where a run was resumed. Optionally keeps every clip's uint8 frames in memory."""
+
+    def __init__(self, items: list, model: ProstConfig, seed: int, cache: bool, workers: int = 0) -> None:
+        from prost.tokenizer import tokenize
+
+        self.items, self.seed, self.epoch = items, seed, 0
+        self.num_frames, self.image_size = model.head.num_frames, model.vision.image_size
+        self.tokens = [torch.from_numpy(tokenize(list(item.captions), model.max_words)).long() for item in items]
+        self.frames: list[tuple[np.ndarray, np.ndarray]] | None = None
+        if cache:
+            need = len(items) * self.num_frames * 3 * self.image_size ** 2  # uint8 bytes at most
+            if need > FRAME_CACHE_MAX_BYTES:
+                raise ConfigError(f"the frame cache of {len(items)} clips would take {need / 2**30:.1f} GiB "
+                                  f"(limit {FRAME_CACHE_MAX_BYTES / 2**30:.0f} GiB); train with --no-frame-cache")
+            loader = torch.utils.data.DataLoader(range(len(items)), batch_size=None, num_workers=workers,
+                                                 collate_fn=self._read)
+            self.frames = list(loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        from prost.data.video import read_frames
+
+        item = self.items[index]
+        return read_frames(item.path, self.num_frames, self.image_size, item.start, item.end)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from prost.data.video import DecodedVideo
+
+        uint8, source = self.frames[index] if self.frames is not None else self._read(index)
+        frames = DecodedVideo.from_uint8(uint8, source, self.num_frames).frames  # [L, 3, S, S], zero padding
+        tokens = self.tokens[index]
+        choice = int(np.random.default_rng([self.seed, self.epoch, index]).integers(len(tokens)))
+        return torch.from_numpy(frames), tokens[choice]
+
+
+class HardNegativeSampler(torch.utils.data.Sampler):
+    """Epoch order in which each video sits next to the `group` - 1 videos with the most similar captions (TF-IDF
+    over words and word pairs), so batches hold hard negatives. Not in the official recipe; off by default.
+
+    Like DistributedSampler it yields this rank's share; rank r takes slice r of every global batch.
+    """
+
+    def __init__(self, captions: list[list[str]], group: int, batch_size: int, world: int = 1, rank: int = 0,
+                 seed: int = 0, neighbours: int = 16) -> None:
+        self.group, self.batch_size, self.world, self.rank, self.seed, self.epoch = group, batch_size, world, rank, seed, 0
+        self.neighbours = caption_neighbours(captions, neighbours)
+        self.batches = len(captions) // batch_size  # global batches per epoch (drop_last)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def global_order(self) -> list[int]:
+        """Greedy groups in a seeded random order of seeds: a seed, then its nearest still unassigned videos."""
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        taken = np.zeros(len(self.neighbours), dtype=bool)
+        order: list[int] = []
+        for seed in torch.randperm(len(self.neighbours), generator=generator).tolist():
+            if taken[seed]:
+                continue
+            members = [seed] + [int(j) for j in self.neighbours[seed] if not taken[j]][: self.group - 1]
+            taken[members] = True
+            order += members
+        return order
+
+    def __iter__(self):
+        order, local = self.global_order(), self.batch_size // self.world
+        for b in range(self.batches):
+            start = b * self.batch_size + self.rank * local
+            yield from order[start:start + local]
+
+    def __len__(self) -> int:
+        return self.batches * (self.batch_size // self.world)
+
+
+def caption_neighbours(captions: list[list[str]], k: int, chunk: int = 1024) -> np.ndarray:
+    """For each video, the k others with the most similar captions: cosine of TF-IDF word and word-pair counts."""
+    import re
+
+    from scipy import sparse
+
+    vocab: dict[str, int] = {}
+    rows, cols = [], []
+    for row, texts in enumerate(captions):
+        for text in texts:
+            words = re.findall(r"\w+", text.lower())
+            for term in words + [f"{a} {b}" for a, b in zip(words, words[1:])]:
+                rows.append(row)
+                cols.append(vocab.setdefault(term, len(vocab)))
+    counts = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(captions), len(vocab)))
+    idf = np.log((1 + len(captions)) / (1 + np.bincount(counts.indices, minlength=len(vocab)))) + 1
+    tfidf = counts.multiply(idf[None, :]).tocsr()
+    norms = np.sqrt(np.asarray(tfidf.multiply(tfidf).sum(axis=1)).ravel()) + 1e-12
+    tfidf = sparse.diags(1 / norms) @ tfidf
+    k = min(k, len(captions) - 1)
+    out = np.empty((len(captions), k), dtype=np.int64)
+    for start in range(0, len(captions), chunk):  # bounded memory: [chunk, N] scores at a time
+        scores = (tfidf[start:start + chunk] @ tfidf.T).toarray()
+        scores[np.arange(len(scores)), np.arange(start, start + len(scores))] = -np.inf  # not itself
+        top = np.argpartition(-scores, k, axis=1)[:, :k] if k < scores.shape[1] - 1 else np.argsort(-scores)[:, :k]
+        best = np.take_along_axis(scores, top, axis=1)
+        out[start:start + len(scores)] = np.take_along_axis(top, np.argsort(-best, axis=1, kind="stable"), axis=1)
+    return out
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Batches of a DistributedSampler's epoch order, from micro-batch `start` up to `stop` (resumes mid-epoch)."""
+
+    def __init__(self, sampler: torch.utils.data.Sampler, batch_size: int, start: int, stop: int) -> None:
+        self.sampler, self.batch_size, self.start, self.stop = sampler, batch_size, start, stop
+
+    def __iter__(self):
+        order = list(self.sampler)
+        for b in range(self.start, self.stop):
+            yield order[b * self.batch_size:(b + 1) * self.batch_size]
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+# -------------------------------------------------------------------------------------------------- loop
+
+
+class MetricsLog:
+    """metrics.jsonl writer (main rank only)."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+
+    def write(self, **record: Any) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def train(config: TrainConfig, out: str | Path, *, resume: bool = False, max_minutes: float | None = None,
+          max_steps: int | None = None, threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train (or continue, with `resume`) the run in `out`; stops cleanly at a step boundary when the time budget
+    or `max_steps` (optimizer steps since the start of the run, for interruption tests) is reached.
+
+    `threads` sets torch's intra-op threads: on a shared CPU, one thread per process avoids OpenMP stalls (a
+    resumed run matches an uninterrupted one bit for bit only with the same thread count).
+    """
+    from torch.utils.data import DataLoader, DistributedSampler
+    from tqdm import tqdm
+
+    from prost.data.datasets import load_split
+
+    started = time.monotonic()
+    if threads:
+        torch.set_num_threads(threads)
+    env = init_distributed()
+    out = Path(out)
+    if config.precision == "fp16" and env.device.type != "cuda":
+        raise ConfigError("--precision fp16 needs CUDA (CPU autocast supports bf16); use --precision bf16 or fp32")
+    if config.precision == "bf16" and env.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("this GPU has no bf16 support; use --precision fp16 or fp32")
+    if config.batch_size % env.world:
+        raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {env.world} ranks")
+    if env.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+    model = load_model(out) if resume else build_model(config)
+    model.to(env.device).train()
+    seed_everything(config.seed)
+    cache_workers = config.workers or min(4, os.cpu_count() or 1)
+    data = TrainClips(load_split(config.data, config.split, layout=config.layout), config.model, config.seed,
+                      config.frame_cache, cache_workers)
+    local_batch = config.batch_size // env.world
+    if config.hard_negatives > 1:
+        sampler = HardNegativeSampler([list(i.captions) for i in data.items], config.hard_negatives,
+                                      config.batch_size, env.world, env.rank, config.seed)
+    else:
+        sampler = DistributedSampler(data, num_replicas=env.world, rank=env.rank, shuffle=True, seed=config.seed,
+                                     drop_last=True)
+    steps_per_epoch = len(sampler) // local_batch // config.grad_accum
+    if steps_per_epoch < 1:
+        raise ConfigError(f"{len(data)} training videos give no full step of batch {config.batch_size} x "
+                          f"{config.grad_accum} accumulation; lower --batch-size")
+    total = steps_per_epoch * config.epochs
+    encoders: nn.Module = Encoders(model)
+    if env.world > 1:
+        encoders = nn.parallel.DistributedDataParallel(encoders, find_unused_parameters=True)
+    optimizer, scheduler = make_optimizer(model, config, total)
+    scaler = torch.amp.GradScaler(env.device.type, enabled=config.precision == "fp16")
+    step = epoch = 0
+    if resume:
+        state = load_state(out)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        step, epoch = state["step"], state["epoch"]
+    val_items = _val_items(config) if env.main else []
+    metrics = MetricsLog(out / METRICS_FILE, env.main)
+    params = [p for p in model.parameters() if p.requires_grad]
+    bar = tqdm(total=total, initial=step, disable=not (progress and env.main), unit="step", dynamic_ncols=True,
+               mininterval=2.0)
+    budget = None if max_minutes is None else 60.0 * max_minutes
+    stop_reason, step_time, window_loss, window_clips, window_start = "complete", 0.0, [], 0, time.monotonic()
+    metrics.write(kind="start", step=step, epoch=epoch, total_steps=total, steps_per_epoch=steps_per_epoch,
+                  videos=len(data), resume=resume, setup_s=round(time.monotonic() - started, 2))
+    while epoch < config.epochs and stop_reason == "complete":
+        sampler.set_epoch(epoch)
+        data.set_epoch(epoch)
+        done = (step - epoch * steps_per_epoch) * config.grad_accum
+        batches = EpochBatches(sampler, local_batch, done, steps_per_epoch * config.grad_accum)
+        loader = DataLoader(data, batch_sampler=batches, num_workers=0 if config.frame_cache else config.workers,
+                            generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+        step_start = time.monotonic()
+        for micro, (frames, token_ids) in enumerate(loader, start=done):
+            last = (micro + 1) % config.grad_accum == 0
+            sync = contextlib.nullcontext() if last or env.world == 1 else encoders.no_sync()
+            with sync:
+                loss = contrastive_loss(encoders, frames.to(env.device), token_ids.to(env.device), config.loss,
+                                        config.precision, env.world)
+                scaler.scale(loss / config.grad_accum).backward()
+            window_loss.append(loss.item())
+            window_clips += frames.shape[0] * env.world
+            if not last:
+                continue
+            scaler.unscale_(optimizer)
+            clip_gradients(params, config.grad_clip, config.clip_mode)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            clamp_logit_scale(model)
+            step += 1
+            now = time.monotonic()
+            step_time, step_start = now - step_start, now
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", clips_s=f"{frames.shape[0] * env.world * config.grad_accum / step_time:.1f}")
+            if step % config.log_every == 0 or step == total:
+                metrics.write(kind="train", step=step, epoch=epoch, loss=float(np.mean(window_loss)),
+                              lr=optimizer.param_groups[-1]["lr"], clip_lr=optimizer.param_groups[0]["lr"],
+                              logit_scale=model.clip.logit_scale.exp().item(),
+                              clips_per_s=window_clips / (now - window_start), elapsed_s=round(now - started, 1))
+                window_loss, window_clips, window_start = [], 0, now
+            if max_steps is not None and step >= max_steps:
+                stop_reason = "max_steps"
+            elif budget is not None and now - started + 1.5 * step_time + 5.0 > budget:
+                stop_reason = "time_budget"
+            if stop_reason != "complete":
+                break
+        else:
+            epoch += 1
+            if env.main and val_items:
+                _validate(model, val_items, config, metrics, step, epoch)
+        if env.main:
+            save_run(out, model, optimizer, scheduler, {"step": step, "epoch": epoch})
+        if env.world > 1:
+            dist.barrier()
+    bar.close()
+    elapsed = time.monotonic() - started
+    summary = {"kind": "end", "step": step, "total_steps": total, "epoch": epoch, "stopped": stop_reason,
+               "elapsed_s": round(elapsed, 1)}
+    metrics.write(**summary)
+    if env.main:
+        plot_metrics(out / METRICS_FILE, out / PLOT_FILE)
+        log.info("%s after %d/%d steps (%.1f min); checkpoint in %s", stop_reason, step, total, elapsed / 60, out)
+    return summary
+
+
+def _val_items(config: TrainConfig) -> list:
+    from prost.data.datasets import load_split
+    from prost.errors import DataError
+
+    try:
+        return load_split(config.data, config.val_split, layout=config.layout)
+    except DataError as exc:
+        log.warning("no validation (%s)", exc)
+        return []
+
+
+def _validate(model: ProstModel, items: list, config: TrainConfig, metrics: MetricsLog, step: int, epoch: int) -> None:
+    """Validation R@1 of the trained similarity; a full-loss run also logs its S_es-only and S_op-only R@1."""
+    from prost.evaluate import evaluate
+
+    result = evaluate(model, items, mode=config.loss, workers=config.workers, beta_sweep=config.loss == "full")
+    branches = {m: r["t2v"]["R@1"] for m, r in result.get("ablations", {}).items()}
+    metrics.write(kind="val", step=step, epoch=epoch, split=config.val_split, mode=config.loss,
+                  t2v=result["t2v"], v2t=result["v2t"], **({"branch_t2v_r1": branches} if branches else {}))
+    log.info("epoch %d step %d: %s t2v R@1 %.1f R@5 %.1f, v2t R@1 %.1f%s", epoch, step, config.val_split,
+             result["t2v"]["R@1"], result["t2v"]["R@5"], result["v2t"]["R@1"],
+             "".join(f", S_{m} only t2v R@1 {r:.1f}" for m, r in branches.items()))
+
+
+def plot_metrics(metrics_path: Path, out: Path) -> None:
+    """Training loss and validation R@1 against the optimizer step (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    train = [r for r in records if r.get("kind") == "train"]
+    val = [r for r in records if r.get("kind") == "val"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", label="train loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss", color="tab:blue")
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot([r["step"] for r in val], [r["t2v"]["R@1"] for r in val], "o-", color="tab:red",
+                 label="val t2v R@1")
+        ax2.set_ylabel("validation t2v R@1 (%)", color="tab:red")
+    ax.set_title(f"{metrics_path.parent.name}: training loss and validation R@1")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+
+def register_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a ProST model (official recipe; resumable)")
+    p.add_argument("--data", help="dataset root (e.g. the output of `prost data synth`)")
+    p.add_argument("--preset", default="tiny", help="architecture preset name or JSON path (default: tiny)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="architecture override, repeatable")
+    p.add_argument("--out", help="run directory")
+    p.add_argument("--resume", metavar="RUN", help="continue RUN exactly where its last checkpoint stopped")
+    p.add_argument("--epochs", type=int, help=f"default {SCRATCH_EPOCHS} from scratch, {PRETRAINED_EPOCHS} pretrained")
+    p.add_argument("--batch-size", type=int, help="global batch (default 64)")
+    p.add_argument("--lr", type=float, help=f"peak lr (default {SCRATCH_LR:g} scratch, {PRETRAINED_LR:g} pretrained)")
+    p.add_argument("--clip-lr-coef", type=float,
+                   help=f"CLIP lr = lr * coef (default {SCRATCH_CLIP_LR_COEF:g} scratch, {PRETRAINED_CLIP_LR_COEF:g} pretrained)")
+    p.add_argument("--weight-decay", type=float, help="default 0.2")
+    p.add_argument("--warmup", type=float, help="warmup fraction (default 0.1)")
+    p.add_argument("--grad-clip", type=float, help="max gradient norm (default 1.0)")
+    p.add_argument("--clip-mode", choices=CLIP_MODES, help="per-tensor (official, default) or global norm")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per step (default 1)")
+    p.add_argument("--precision", choices=PRECISIONS, help="autocast: fp32 (default), bf16, fp16 (CUDA only)")
+    p.add_argument("--loss", choices=LOSSES, help="full (default) or the es / op ablation")
+    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--val-split", help="validation split (default val)")
+    p.add_argument("--no-frame-cache", dest="frame_cache", action="store_false", default=None,
+                   help="decode clips every epoch instead of keeping their frames in memory")
+    p.add_argument("--hard-negatives", type=int, metavar="G",
+                   help="group each video with its G-1 most similar-captioned videos in a batch (default 0: off)")
+    p.add_argument("--init-logit-scale", type=float, help="initial ln(1/temperature) (default: ln(1/0.07) from "
+                   "scratch, kept from the weights when pretrained)")
+    p.add_argument("--clip-weights", help="OpenAI CLIP archive (ViT-B-32.pt) for the towers")
+    p.add_argument("--init", help="checkpoint to start from")
+    p.add_argument("--workers", type=int, help="decoding processes (default 0; cache building uses up to 4)")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget; stops at a step boundary and saves")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps of the run (then --resume)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; 1 helps on a busy CPU)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    runtime = {"max_minutes": args.max_minutes, "max_steps": args.max_steps, "threads": args.threads,
+               "progress": not args.no_progress}
+    fields = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "clip_lr_coef": args.clip_lr_coef,
+              "weight_decay": args.weight_decay, "warmup": args.warmup, "grad_clip": args.grad_clip,
+              "clip_mode": args.clip_mode, "grad_accum": args.grad_accum, "precision": args.precision,
+              "loss": args.loss, "seed": args.seed, "hard_negatives": args.hard_negatives,
+              "init_logit_scale": args.init_logit_scale, "val_split": args.val_split,
+              "frame_cache": args.frame_cache,
+              "clip_weights": args.clip_weights, "init": args.init}
+    if args.resume:
+        given = sorted(k for k, v in fields.items() if v is not None) + (["data"] if args.data else []) \
+            + (["set"] if args.set else [])
+        if given:
+            raise ConfigError(f"--resume continues with the run's own configuration; drop {', '.join(given)} "
+                              "(only --max-minutes, --max-steps, --workers, --threads apply)")
+        run = Path(args.resume)
+        if not (run / STATE_FILE).is_file():
+            raise ConfigError(f"cannot resume {run}: no {STATE_FILE} (not a run directory, or no checkpoint yet)")
+        config = TrainConfig.from_dict(json.loads((run / CONFIG_FILE).read_text()))
+        if args.workers is not None:
+            config = dataclasses.replace(config, workers=args.workers)
+        train(config, run, resume=True, **runtime)
+        return 0
+    if not args.data or not args.out:
+        raise ConfigError("prost train needs --data and --out (or --resume RUN)")
+    if args.init:
+        model_config = load_model(args.init).config
+    else:
+        model_config = preset_config(args.preset)
+    if args.set:
+        model_config = model_config.replace(**parse_overrides(args.set))
+    config = TrainConfig.create(model_config, args.data, workers=args.workers, **fields)
+    train(config, Path(args.out), **runtime)
+    return 0
