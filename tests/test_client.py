@@ -88,7 +88,11 @@ def test_async_client_answers_like_the_sync_one(triton_server, client, published
                                         c.encode_texts(texts), c.gallery_version())
 
     hits, scores, (phrases, _), version = asyncio.run(run())
-    assert hits == client.search(texts, top_k=3) and version == client.gallery_version()
+    assert version == client.gallery_version()
+    # Dynamic batching may group the two clients' requests differently: scores agree to float rounding, not bits.
+    for got, expected in zip(hits, client.search(texts, top_k=3)):
+        assert [(h.video_id, h.matched_frames) for h in got] == [(h.video_id, h.matched_frames) for h in expected]
+        np.testing.assert_allclose([h.score for h in got], [h.score for h in expected], atol=1e-6)
     np.testing.assert_allclose(scores, client.score(texts, synthetic_videos[:2]), atol=1e-6)
     np.testing.assert_allclose(phrases, client.encode_texts(texts)[0], atol=1e-6)
 
