@@ -58,8 +58,8 @@ def run(workdir: Path, videos: int, train_minutes: float) -> None:
         if _finished(run_dir):
             print(f"   reusing the finished run in {run_dir}")
         else:
-            _check(prost(["train", "--data", str(data), "--preset", "tiny", "--out", str(run_dir),
-                          "--max-minutes", str(train_minutes), "--seed", "0"]))
+            _check(prost(["train", "--data", str(data), "--preset", "tiny", "--out", str(run_dir), "--precision", "bf16",
+                          "--threads", "1", "--max-minutes", str(train_minutes), "--seed", "0"]))
     with step("in-process evaluation on the test split"):
         _check(prost(["eval", "--checkpoint", str(run_dir), "--data", str(data), "--split", "test",
                       "--out", str(workdir / "eval.json")]))

@@ -8,7 +8,8 @@ Conventions (official `metrics.py::compute_metrics`, ProST main_my.py lines 300-
   other items takes the best of the tied positions. We follow it: rank = number of items scoring *strictly* higher.
   (The official code also emits one extra entry per tied position, inflating its denominator; we keep exactly one
   rank per query.) NaN scores never outrank anything. Because a constant (collapsed) matrix would then score
-  perfectly, every result also reports `tied`, the number of queries whose ground truth ties another item.
+  perfectly, every result also reports `tied`, the number of queries whose ground truth ties another item, and
+  `ties="pessimistic"` (every tied item ranked above the ground truth) gives the other bound.
 * Several captions per video: text-to-video rows are captions, each with its video as ground truth; video-to-text
   takes, for each video, the best rank among its captions (the other captions of the same video never count
   against it), as in the standard multi-sentence protocol.
@@ -26,6 +27,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 RECALL_KS = (1, 5, 10)
+TIES = ("optimistic", "pessimistic")
 TRANSDUCTIVE_LABEL = "Hungarian one-to-one assignment (transductive, not standard R@1)"
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -74,18 +76,26 @@ def summarize(ranks: ArrayLike) -> dict[str, float]:
     return out
 
 
-def text_to_video(scores: ArrayLike, caption_video: ArrayLike) -> dict[str, float]:
+def text_to_video(scores: ArrayLike, caption_video: ArrayLike, ties: str = "optimistic") -> dict[str, float]:
     """Metrics of S [captions, videos]: each caption's ground truth is its video."""
     scores, truth = _truth(scores, caption_video)
-    return _with_ties((scores > truth).sum(axis=1), (scores == truth).sum(axis=1) > 1)
+    equal = (scores == truth).sum(axis=1) - 1  # other items tied with the ground truth
+    return _with_ties((scores > truth).sum(axis=1) + (equal if _pessimistic(ties) else 0), equal > 0)
 
 
-def video_to_text(scores: ArrayLike, caption_video: ArrayLike) -> dict[str, float]:
+def _pessimistic(ties: str) -> bool:
+    if ties not in TIES:
+        raise ValueError(f"ties={ties!r}; valid: {', '.join(TIES)}")
+    return ties == "pessimistic"
+
+
+def video_to_text(scores: ArrayLike, caption_video: ArrayLike, ties: str = "optimistic") -> dict[str, float]:
     """Metrics of S^T: for each video with captions, the best rank among its captions over all captions."""
     scores = _as_numpy(scores)
     caption_video = np.asarray(caption_video, dtype=np.int64)
     if caption_video.shape != (scores.shape[0],):
-        raise ValueError(f"caption_video must have one entry per caption ({scores.shape[0]}), got {caption_video.shape}")
+        raise ValueError(f"caption_video must have one entry per caption ({scores.shape[0]}), "
+                         f"got {caption_video.shape}")
     by_video = scores.T  # [V, T]
     n_videos = by_video.shape[0]
     # Best score among each video's own captions; the best one has no own caption above it, so its rank is the
@@ -96,19 +106,24 @@ def video_to_text(scores: ArrayLike, caption_video: ArrayLike) -> dict[str, floa
     own = by_video[has_caption]
     truth = best[has_caption, None]
     # Ties only with other videos' captions count: a video's own captions may share its best score.
-    others = own[:, :] == truth
+    others = own == truth
     others[np.flatnonzero(has_caption)[:, None] == caption_video[None, :]] = False
-    return _with_ties((own > truth).sum(axis=1), others.any(axis=1))
+    equal = others.sum(axis=1)
+    return _with_ties((own > truth).sum(axis=1) + (equal if _pessimistic(ties) else 0), equal > 0)
 
 
-def retrieval_metrics(scores: ArrayLike, caption_video: ArrayLike | None = None) -> dict[str, dict[str, float]]:
-    """t2v and v2t metrics of S [captions, videos]; `caption_video` defaults to the diagonal (one caption each)."""
+def retrieval_metrics(scores: ArrayLike, caption_video: ArrayLike | None = None,
+                      ties: str = "optimistic") -> dict[str, dict[str, float]]:
+    """t2v and v2t metrics of S [captions, videos]; `caption_video` defaults to the diagonal (one caption each).
+
+    `ties`: "optimistic" (official: a tied ground truth takes the best tied position) or "pessimistic".
+    """
     scores = _as_numpy(scores)
     if caption_video is None:
         if scores.shape[0] != scores.shape[1]:
             raise ValueError(f"a non-square matrix {scores.shape} needs caption_video (the video of each caption)")
         caption_video = np.arange(scores.shape[0])
-    return {"t2v": text_to_video(scores, caption_video), "v2t": video_to_text(scores, caption_video)}
+    return {"t2v": text_to_video(scores, caption_video, ties), "v2t": video_to_text(scores, caption_video, ties)}
 
 
 def hungarian_r1(scores: ArrayLike, caption_video: ArrayLike | None = None) -> dict[str, Any]:

@@ -4,16 +4,20 @@ Recipe (reference §2-3): loss = mean of the four InfoNCE terms over S_es and S_
 for the `--loss es|op` ablations); AdamW (betas 0.9/0.98, eps 1e-6) with weight decay 0.2 on every parameter whose
 name lacks "bias"; `clip.` parameters at lr * clip_lr_coef; warmup-cosine schedule (warmup 0.1 of the steps);
 gradient clipping at 1.0 per parameter tensor, as the official BertAdam does (`--clip-mode global` clips the global
-norm instead); logit scale clamped at ln(100) after every step; batch-global negatives across DDP ranks.
+norm instead); logit scale clamped at ln(100) after every step; random batches (DistributedSampler, also for one
+process); batch-global negatives across DDP ranks (torchrun: prototypes all-gathered, gradients to the local slice).
+Gradient accumulation sums micro-batches that each have their own negatives.
 
 Defaults depend on the starting point. With pretrained CLIP weights (`--clip-weights`) or `--init`, they are the
 official ones: lr 1e-4, CLIP lr 1e-4 * 1e-3 = 1e-7, 5 epochs. From scratch (the tiny preset on the synthetic set)
 a CLIP lr of 1e-7 would leave the towers random, so every parameter trains at lr `SCRATCH_LR` (coef 1) for
-`SCRATCH_EPOCHS` epochs.
+`SCRATCH_EPOCHS` epochs. Not official, off by default: `--hard-negatives G` (batches of caption-similar groups) and
+`--init-logit-scale` (from scratch, the official ln(100) start can collapse S_op to a constant: see the op ablation).
 
 A run directory holds our checkpoint (model.safetensors + config.json, rewritten every epoch and at the end),
 train_config.json, train_state.pt (optimizer, scheduler, RNG states, position; tensors and plain Python only, so it
-loads with weights_only=True), metrics.jsonl and training.png.
+loads with weights_only=True), metrics.jsonl and training.png. Batches depend only on (seed, epoch), and the caption
+of a multi-caption video on (seed, epoch, index), so `--resume` reproduces an uninterrupted run exactly.
 """
 
 from __future__ import annotations
@@ -50,10 +54,10 @@ LOSSES = ("full", "es", "op")
 PRECISIONS = ("fp32", "bf16", "fp16")
 CLIP_MODES = ("per-tensor", "global")
 PRETRAINED_LR, PRETRAINED_CLIP_LR_COEF, PRETRAINED_EPOCHS = 1e-4, 1e-3, 5
-SCRATCH_LR, SCRATCH_CLIP_LR_COEF, SCRATCH_EPOCHS = 1e-3, 1.0, 12
-SCRATCH_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's own from-scratch init; the model's default ln(100) is CLIP's trained value
+SCRATCH_LR, SCRATCH_CLIP_LR_COEF, SCRATCH_EPOCHS = 1e-3, 1.0, 20
 FRAME_CACHE_MAX_BYTES = 8 << 30
-STATE_FILE, CONFIG_FILE, METRICS_FILE, PLOT_FILE = "train_state.pt", "train_config.json", "metrics.jsonl", "training.png"
+STATE_FILE, CONFIG_FILE = "train_state.pt", "train_config.json"
+METRICS_FILE, PLOT_FILE = "metrics.jsonl", "training.png"
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ class TrainConfig:
     layout: str = "auto"
     frame_cache: bool = True  # decode every training clip once and keep its uint8 frames in memory
     hard_negatives: int = 0  # >1: batches built from groups of this many videos with similar captions (not official)
-    init_logit_scale: float | None = SCRATCH_LOGIT_SCALE  # set before step 0; None keeps the model's (pretrained)
+    init_logit_scale: float | None = None  # ln(1/temperature) set before step 0; None keeps the model's ln(100)
     workers: int = 0  # decoding processes when frame_cache is off (and for validation)
     clip_weights: str | None = None  # OpenAI CLIP archive for the towers
     init: str | None = None  # checkpoint to start from (its architecture replaces the preset)
@@ -101,8 +105,8 @@ class TrainConfig:
         """A config with the recipe defaults for its starting point (pretrained or scratch); None means default."""
         fields = {k: v for k, v in fields.items() if v is not None}
         pretrained = bool(fields.get("clip_weights") or fields.get("init"))
-        defaults = {"lr": PRETRAINED_LR, "clip_lr_coef": PRETRAINED_CLIP_LR_COEF, "epochs": PRETRAINED_EPOCHS,
-                    "init_logit_scale": None} if pretrained else {}
+        defaults = {"lr": PRETRAINED_LR, "clip_lr_coef": PRETRAINED_CLIP_LR_COEF, "epochs": PRETRAINED_EPOCHS} \
+            if pretrained else {}
         return cls(model=model, data=str(data), **{**defaults, **fields})
 
     def to_dict(self) -> dict[str, Any]:
@@ -356,7 +360,8 @@ class HardNegativeSampler(torch.utils.data.Sampler):
 
     def __init__(self, captions: list[list[str]], group: int, batch_size: int, world: int = 1, rank: int = 0,
                  seed: int = 0, neighbours: int = 16) -> None:
-        self.group, self.batch_size, self.world, self.rank, self.seed, self.epoch = group, batch_size, world, rank, seed, 0
+        self.group, self.batch_size, self.world, self.rank = group, batch_size, world, rank
+        self.seed, self.epoch = seed, 0
         self.neighbours = caption_neighbours(captions, neighbours)
         self.batches = len(captions) // batch_size  # global batches per epoch (drop_last)
 
@@ -454,125 +459,181 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, max_min
     `threads` sets torch's intra-op threads: on a shared CPU, one thread per process avoids OpenMP stalls (a
     resumed run matches an uninterrupted one bit for bit only with the same thread count).
     """
-    from torch.utils.data import DataLoader, DistributedSampler
-    from tqdm import tqdm
-
-    from prost.data.datasets import load_split
-
     started = time.monotonic()
     if threads:
         torch.set_num_threads(threads)
     env = init_distributed()
-    out = Path(out)
     if config.precision == "fp16" and env.device.type != "cuda":
         raise ConfigError("--precision fp16 needs CUDA (CPU autocast supports bf16); use --precision bf16 or fp32")
     if config.precision == "bf16" and env.device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("this GPU has no bf16 support; use --precision fp16 or fp32")
     if config.batch_size % env.world:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {env.world} ranks")
+    out = Path(out)
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-
-    model = load_model(out) if resume else build_model(config)
-    model.to(env.device).train()
-    seed_everything(config.seed)
-    cache_workers = config.workers or min(4, os.cpu_count() or 1)
-    data = TrainClips(load_split(config.data, config.split, layout=config.layout), config.model, config.seed,
-                      config.frame_cache, cache_workers)
-    local_batch = config.batch_size // env.world
-    if config.hard_negatives > 1:
-        sampler = HardNegativeSampler([list(i.captions) for i in data.items], config.hard_negatives,
-                                      config.batch_size, env.world, env.rank, config.seed)
-    else:
-        sampler = DistributedSampler(data, num_replicas=env.world, rank=env.rank, shuffle=True, seed=config.seed,
-                                     drop_last=True)
-    steps_per_epoch = len(sampler) // local_batch // config.grad_accum
-    if steps_per_epoch < 1:
-        raise ConfigError(f"{len(data)} training videos give no full step of batch {config.batch_size} x "
-                          f"{config.grad_accum} accumulation; lower --batch-size")
-    total = steps_per_epoch * config.epochs
-    encoders: nn.Module = Encoders(model)
-    if env.world > 1:
-        encoders = nn.parallel.DistributedDataParallel(encoders, find_unused_parameters=True)
-    optimizer, scheduler = make_optimizer(model, config, total)
-    scaler = torch.amp.GradScaler(env.device.type, enabled=config.precision == "fp16")
-    step = epoch = 0
-    if resume:
-        state = load_state(out)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        step, epoch = state["step"], state["epoch"]
-    val_items = _val_items(config) if env.main else []
-    metrics = MetricsLog(out / METRICS_FILE, env.main)
-    params = [p for p in model.parameters() if p.requires_grad]
-    bar = tqdm(total=total, initial=step, disable=not (progress and env.main), unit="step", dynamic_ncols=True,
-               mininterval=2.0)
-    budget = None if max_minutes is None else 60.0 * max_minutes
-    stop_reason, step_time, window_loss, window_clips, window_start = "complete", 0.0, [], 0, time.monotonic()
-    metrics.write(kind="start", step=step, epoch=epoch, total_steps=total, steps_per_epoch=steps_per_epoch,
-                  videos=len(data), resume=resume, setup_s=round(time.monotonic() - started, 2))
-    while epoch < config.epochs and stop_reason == "complete":
-        sampler.set_epoch(epoch)
-        data.set_epoch(epoch)
-        done = (step - epoch * steps_per_epoch) * config.grad_accum
-        batches = EpochBatches(sampler, local_batch, done, steps_per_epoch * config.grad_accum)
-        loader = DataLoader(data, batch_sampler=batches, num_workers=0 if config.frame_cache else config.workers,
-                            generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
-        step_start = time.monotonic()
-        for micro, (frames, token_ids) in enumerate(loader, start=done):
-            last = (micro + 1) % config.grad_accum == 0
-            sync = contextlib.nullcontext() if last or env.world == 1 else encoders.no_sync()
-            with sync:
-                loss = contrastive_loss(encoders, frames.to(env.device), token_ids.to(env.device), config.loss,
-                                        config.precision, env.world)
-                scaler.scale(loss / config.grad_accum).backward()
-            window_loss.append(loss.item())
-            window_clips += frames.shape[0] * env.world
-            if not last:
-                continue
-            scaler.unscale_(optimizer)
-            clip_gradients(params, config.grad_clip, config.clip_mode)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            clamp_logit_scale(model)
-            step += 1
-            now = time.monotonic()
-            step_time, step_start = now - step_start, now
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", clips_s=f"{frames.shape[0] * env.world * config.grad_accum / step_time:.1f}")
-            if step % config.log_every == 0 or step == total:
-                metrics.write(kind="train", step=step, epoch=epoch, loss=float(np.mean(window_loss)),
-                              lr=optimizer.param_groups[-1]["lr"], clip_lr=optimizer.param_groups[0]["lr"],
-                              logit_scale=model.clip.logit_scale.exp().item(),
-                              clips_per_s=window_clips / (now - window_start), elapsed_s=round(now - started, 1))
-                window_loss, window_clips, window_start = [], 0, now
-            if max_steps is not None and step >= max_steps:
-                stop_reason = "max_steps"
-            elif budget is not None and now - started + 1.5 * step_time + 5.0 > budget:
-                stop_reason = "time_budget"
-            if stop_reason != "complete":
-                break
-        else:
-            epoch += 1
-            if env.main and val_items:
-                _validate(model, val_items, config, metrics, step, epoch)
-        if env.main:
-            save_run(out, model, optimizer, scheduler, {"step": step, "epoch": epoch})
-        if env.world > 1:
-            dist.barrier()
-    bar.close()
+    trainer = Trainer(config, out, env, resume)
+    budget = None if max_minutes is None else 60.0 * max_minutes - (time.monotonic() - started)
+    stopped = trainer.run(budget, max_steps, progress)
     elapsed = time.monotonic() - started
-    summary = {"kind": "end", "step": step, "total_steps": total, "epoch": epoch, "stopped": stop_reason,
-               "elapsed_s": round(elapsed, 1)}
-    metrics.write(**summary)
+    summary = {"kind": "end", "step": trainer.step, "total_steps": trainer.total, "epoch": trainer.epoch,
+               "stopped": stopped, "elapsed_s": round(elapsed, 1)}
+    trainer.metrics.write(**summary)
     if env.main:
         plot_metrics(out / METRICS_FILE, out / PLOT_FILE)
-        log.info("%s after %d/%d steps (%.1f min); checkpoint in %s", stop_reason, step, total, elapsed / 60, out)
+        log.info("%s after %d/%d steps (%.1f min); checkpoint in %s", stopped, trainer.step, trainer.total,
+                 elapsed / 60, out)
     return summary
+
+
+class Trainer:
+    """One run's model, data order, optimizer and position; `run` trains until done, out of time or max_steps."""
+
+    def __init__(self, config: TrainConfig, out: Path, env: Dist, resume: bool) -> None:
+        from prost.data.datasets import load_split
+
+        started = time.monotonic()
+        self.config, self.out, self.env = config, out, env
+        self.model = (load_model(out) if resume else build_model(config)).to(env.device).train()
+        seed_everything(config.seed)
+        self.data = TrainClips(load_split(config.data, config.split, layout=config.layout), config.model,
+                               config.seed, config.frame_cache, config.workers or min(4, os.cpu_count() or 1))
+        self.local_batch = config.batch_size // env.world
+        self.sampler = _sampler(self.data, config, env)
+        self.steps_per_epoch = len(self.sampler) // self.local_batch // config.grad_accum
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"{len(self.data)} training videos give no full step of batch {config.batch_size} x "
+                              f"{config.grad_accum} accumulation; lower --batch-size")
+        self.total = self.steps_per_epoch * config.epochs
+        self.encoders: nn.Module = Encoders(self.model)
+        if env.world > 1:
+            self.encoders = nn.parallel.DistributedDataParallel(self.encoders, find_unused_parameters=True)
+        self.optimizer, self.scheduler = make_optimizer(self.model, config, self.total)
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=config.precision == "fp16")
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.step = self.epoch = 0
+        if resume:
+            state = load_state(out)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            self.step, self.epoch = state["step"], state["epoch"]
+        self.val_items = _val_items(config) if env.main else []
+        self.metrics = MetricsLog(out / METRICS_FILE, env.main)
+        self.metrics.write(kind="start", step=self.step, epoch=self.epoch, total_steps=self.total,
+                           steps_per_epoch=self.steps_per_epoch, videos=len(self.data), resume=resume,
+                           setup_s=round(time.monotonic() - started, 2))
+
+    def run(self, budget_s: float | None, max_steps: int | None, progress: bool) -> str:
+        """Train to the end of the schedule; returns why it stopped: complete, max_steps or time_budget."""
+        from tqdm import tqdm
+
+        started = time.monotonic()
+        config, stopped = self.config, "complete"
+        bar = tqdm(total=self.total, initial=self.step, disable=not (progress and self.env.main), unit="step",
+                   dynamic_ncols=True, mininterval=2.0)
+        window = _Window()
+        while self.epoch < config.epochs and stopped == "complete":
+            done = (self.step - self.epoch * self.steps_per_epoch) * config.grad_accum  # micro-batches this epoch
+            step_start = time.monotonic()
+            for micro, (frames, token_ids) in enumerate(self._loader(done), start=done):
+                last = (micro + 1) % config.grad_accum == 0
+                loss = self._backward(frames, token_ids, last)
+                window.add(loss, frames.shape[0] * self.env.world)
+                if not last:
+                    continue
+                self._optimizer_step()
+                now = time.monotonic()
+                step_time, step_start = now - step_start, now
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", clips_s=f"{config.batch_size * config.grad_accum / step_time:.0f}")
+                if self.step % config.log_every == 0 or self.step == self.total:
+                    self._log_train(window, now - started)
+                if max_steps is not None and self.step >= max_steps:
+                    stopped = "max_steps"
+                elif budget_s is not None and now - started + 1.5 * step_time + 5.0 > budget_s:
+                    stopped = "time_budget"  # the next step (and the final save) would overrun the budget
+                if stopped != "complete":
+                    break
+            else:
+                self.epoch += 1
+                if self.val_items:
+                    _validate(self.model, self.val_items, config, self.metrics, self.step, self.epoch)
+            if self.env.main:
+                save_run(self.out, self.model, self.optimizer, self.scheduler, {"step": self.step, "epoch": self.epoch})
+            if self.env.world > 1:
+                dist.barrier()
+        bar.close()
+        return stopped
+
+    def _loader(self, done: int) -> torch.utils.data.DataLoader:
+        """This epoch's micro-batches from number `done` on; the order depends only on (seed, epoch)."""
+        self.sampler.set_epoch(self.epoch)
+        self.data.set_epoch(self.epoch)
+        batches = EpochBatches(self.sampler, self.local_batch, done, self.steps_per_epoch * self.config.grad_accum)
+        # An explicit generator keeps the loader from drawing its base seed from the global RNG (dropout's).
+        return torch.utils.data.DataLoader(
+            self.data, batch_sampler=batches, num_workers=0 if self.config.frame_cache else self.config.workers,
+            generator=torch.Generator().manual_seed(self.config.seed * 1000 + self.epoch))
+
+    def _backward(self, frames: torch.Tensor, token_ids: torch.Tensor, last: bool) -> float:
+        """Loss and gradients of one micro-batch; DDP syncs gradients only on the last one of a step."""
+        config, env = self.config, self.env
+        sync = contextlib.nullcontext() if last or env.world == 1 else self.encoders.no_sync()
+        with sync:
+            loss = contrastive_loss(self.encoders, frames.to(env.device), token_ids.to(env.device), config.loss,
+                                    config.precision, env.world)
+            self.scaler.scale(loss / config.grad_accum).backward()
+        return loss.item()
+
+    def _optimizer_step(self) -> None:
+        """Clip, step, schedule, clamp the temperature: the official order."""
+        self.scaler.unscale_(self.optimizer)
+        clip_gradients(self.params, self.config.grad_clip, self.config.clip_mode)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        clamp_logit_scale(self.model)
+        self.step += 1
+
+    def _log_train(self, window: _Window, elapsed: float) -> None:
+        lrs = {g["group"]: g["lr"] for g in self.optimizer.param_groups}
+        self.metrics.write(kind="train", step=self.step, epoch=self.epoch, loss=window.mean_loss(),
+                           lr=lrs.get("head_decay"), clip_lr=lrs.get("clip_decay"),
+                           logit_scale=self.model.clip.logit_scale.exp().item(), clips_per_s=window.rate(),
+                           elapsed_s=round(elapsed, 1))
+        window.reset()
+
+
+class _Window:
+    """Loss and throughput since the last metrics line."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.losses, self.clips, self.start = [], 0, time.monotonic()
+
+    def add(self, loss: float, clips: int) -> None:
+        self.losses.append(loss)
+        self.clips += clips
+
+    def mean_loss(self) -> float:
+        return float(np.mean(self.losses)) if self.losses else float("nan")
+
+    def rate(self) -> float:
+        return self.clips / max(time.monotonic() - self.start, 1e-9)
+
+
+def _sampler(data: TrainClips, config: TrainConfig, env: Dist) -> torch.utils.data.Sampler:
+    """Official random order (DistributedSampler, also for one process) or the opt-in hard-negative grouping."""
+    if config.hard_negatives > 1:
+        return HardNegativeSampler([list(i.captions) for i in data.items], config.hard_negatives, config.batch_size,
+                                   env.world, env.rank, config.seed)
+    return torch.utils.data.DistributedSampler(data, num_replicas=env.world, rank=env.rank, shuffle=True,
+                                               seed=config.seed, drop_last=True)
 
 
 def _val_items(config: TrainConfig) -> list:
@@ -637,7 +698,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="global batch (default 64)")
     p.add_argument("--lr", type=float, help=f"peak lr (default {SCRATCH_LR:g} scratch, {PRETRAINED_LR:g} pretrained)")
     p.add_argument("--clip-lr-coef", type=float,
-                   help=f"CLIP lr = lr * coef (default {SCRATCH_CLIP_LR_COEF:g} scratch, {PRETRAINED_CLIP_LR_COEF:g} pretrained)")
+                   help=f"CLIP lr = lr * coef (default {SCRATCH_CLIP_LR_COEF:g} scratch, "
+                   f"{PRETRAINED_CLIP_LR_COEF:g} pretrained)")
     p.add_argument("--weight-decay", type=float, help="default 0.2")
     p.add_argument("--warmup", type=float, help="warmup fraction (default 0.1)")
     p.add_argument("--grad-clip", type=float, help="max gradient norm (default 1.0)")
@@ -651,8 +713,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                    help="decode clips every epoch instead of keeping their frames in memory")
     p.add_argument("--hard-negatives", type=int, metavar="G",
                    help="group each video with its G-1 most similar-captioned videos in a batch (default 0: off)")
-    p.add_argument("--init-logit-scale", type=float, help="initial ln(1/temperature) (default: ln(1/0.07) from "
-                   "scratch, kept from the weights when pretrained)")
+    p.add_argument("--init-logit-scale", type=float,
+                   help="initial ln(1/temperature) (default: the model's, ln(100); CLIP from scratch uses ln(1/0.07))")
     p.add_argument("--clip-weights", help="OpenAI CLIP archive (ViT-B-32.pt) for the towers")
     p.add_argument("--init", help="checkpoint to start from")
     p.add_argument("--workers", type=int, help="decoding processes (default 0; cache building uses up to 4)")

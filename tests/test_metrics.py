@@ -122,3 +122,16 @@ def test_tied_queries_are_reported_so_a_constant_matrix_is_visible():
 def test_v2t_ties_between_captions_of_the_same_video_do_not_count():
     scores = np.array([[0.9, 0.1], [0.9, 0.2], [0.3, 0.8]])
     assert video_to_text(scores, [0, 0, 1])["tied"] == 0
+
+
+def test_pessimistic_ties_give_the_other_bound():
+    constant = np.zeros((4, 4))
+    m = retrieval_metrics(constant, ties="pessimistic")
+    assert m["t2v"]["R@1"] == 0.0 and m["t2v"]["MdR"] == pytest.approx(4.0)  # every tied item counted above
+    assert m["v2t"]["R@1"] == 0.0
+    assert retrieval_metrics(S, ties="pessimistic") == retrieval_metrics(S)  # no ties: the same
+    tied = np.array([[0.5, 0.5, 0.1], [0.2, 0.9, 0.9], [0.0, 0.0, 0.3]])
+    assert ground_truth_ranks(tied, [0, 1, 2]).tolist() == [0, 0, 0]
+    assert text_to_video(tied, [0, 1, 2], ties="pessimistic")["R@1"] == pytest.approx(100 / 3)
+    with pytest.raises(ValueError, match="ties"):
+        text_to_video(tied, [0, 1, 2], ties="random")
