@@ -318,6 +318,7 @@ class TrainClips(torch.utils.data.Dataset):
 
         self.items, self.seed, self.epoch = items, seed, 0
         self.num_frames, self.image_size = model.head.num_frames, model.vision.image_size
+        self.sample_fps = model.sample_fps
         self.tokens = [torch.from_numpy(tokenize(list(item.captions), model.max_words)).long() for item in items]
         self.frames: list[tuple[np.ndarray, np.ndarray]] | None = None
         if cache:
@@ -326,8 +327,14 @@ class TrainClips(torch.utils.data.Dataset):
                 raise ConfigError(f"the frame cache of {len(items)} clips would take {need / 2**30:.1f} GiB "
                                   f"(limit {FRAME_CACHE_MAX_BYTES / 2**30:.0f} GiB); train with --no-frame-cache")
             loader = torch.utils.data.DataLoader(range(len(items)), batch_size=None, num_workers=workers,
-                                                 collate_fn=self._read)
-            self.frames = list(loader)
+                                                 collate_fn=self._read_or_skip)
+            frames = list(loader)
+            keep = [i for i, entry in enumerate(frames) if entry is not None]
+            if len(keep) < len(items):
+                log.warning("skipped %d unreadable training videos of %d", len(items) - len(keep), len(items))
+            self.items = [items[i] for i in keep]
+            self.tokens = [self.tokens[i] for i in keep]
+            self.frames = [frames[i] for i in keep]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -336,7 +343,18 @@ class TrainClips(torch.utils.data.Dataset):
         from prost.data.video import read_frames
 
         item = self.items[index]
-        return read_frames(item.path, self.num_frames, self.image_size, item.start, item.end)
+        return read_frames(item.path, self.num_frames, self.image_size, item.start, item.end,
+                           sample_fps=self.sample_fps)
+
+    def _read_or_skip(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """A clip's frames, or None with one warning line when the file cannot be decoded."""
+        from prost.errors import DataError
+
+        try:
+            return self._read(index)
+        except DataError as exc:
+            log.warning("skipping unreadable video: %s", exc)
+            return None
 
     def __len__(self) -> int:
         return len(self.items)

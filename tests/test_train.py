@@ -157,3 +157,21 @@ def test_hard_negative_batches_group_similar_captions_and_split_over_ranks():
     assert list(ranks[0]) + list(ranks[1]) == order  # each rank takes its slice of the same global batch
     single.set_epoch(1)
     assert sorted(single.global_order()) == list(range(6))
+
+
+def test_unreadable_training_videos_are_skipped_with_a_warning(tmp_path, caplog):
+    import logging
+
+    from prost.data.datasets import load_split
+    from prost.data.synthetic import generate
+    from prost.factory import preset_config
+    from prost.train import TrainClips
+
+    root = generate(tmp_path / "synth", videos=12, seed=3)
+    items = load_split(root, "train")
+    items[0].path.write_bytes(b"not a video")
+    with caplog.at_level(logging.WARNING, logger="prost.train"):
+        clips = TrainClips(items, preset_config("tiny"), seed=0, cache=True)
+    assert len(clips) == len(items) - 1 and items[0] not in clips.items
+    assert sum("skipping unreadable video" in r.message and str(items[0].path) in r.message for r in caplog.records) == 1
+    assert any("skipped 1 unreadable training videos" in r.message for r in caplog.records)
