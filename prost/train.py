@@ -42,7 +42,8 @@ from torch import nn
 
 from prost.checkpoint import load_clip_weights, load_model, save_model
 from prost.config import ProstConfig, parse_overrides
-from prost.errors import ConfigError
+from prost.data.datasets import ClipDataset, ClipLoader, load_split
+from prost.errors import ConfigError, DataError
 from prost.factory import create_model, preset_config
 from prost.loss import MAX_LOGIT_SCALE, prost_loss, symmetric_infonce
 from prost.model.prost import ProstModel
@@ -84,7 +85,7 @@ class TrainConfig:
     frame_cache: bool = True  # decode every training clip once and keep its uint8 frames in memory
     hard_negatives: int = 0  # >1: batches built from groups of this many videos with similar captions (not official)
     init_logit_scale: float | None = None  # ln(1/temperature) set before step 0; None keeps the model's ln(100)
-    workers: int = 0  # decoding processes when frame_cache is off (and for validation)
+    workers: int = 0  # decoding processes without frame_cache and for validation (0: the up-front pass uses up to 4)
     clip_weights: str | None = None  # OpenAI CLIP archive for the towers
     init: str | None = None  # checkpoint to start from (its architecture replaces the preset)
     log_every: int = 10  # optimizer steps between metrics.jsonl lines
@@ -309,64 +310,21 @@ def load_state(out: Path) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------------- data
 
 
-class TrainClips(torch.utils.data.Dataset):
-    """One item per training video; its caption for an epoch is drawn from (seed, epoch, index) alone, so batches
-    do not depend on workers or on where a run was resumed. Optionally keeps every clip's uint8 frames in memory."""
-
-    def __init__(self, items: list, model: ProstConfig, seed: int, cache: bool, workers: int = 0) -> None:
-        from prost.tokenizer import tokenize
-
-        self.items, self.seed, self.epoch = items, seed, 0
-        self.num_frames, self.image_size = model.head.num_frames, model.vision.image_size
-        self.sample_fps = model.sample_fps
-        self.tokens = [torch.from_numpy(tokenize(list(item.captions), model.max_words)).long() for item in items]
-        self.frames: list[tuple[np.ndarray, np.ndarray]] | None = None
-        if cache:
-            need = len(items) * self.num_frames * 3 * self.image_size ** 2  # uint8 bytes at most
-            if need > FRAME_CACHE_MAX_BYTES:
-                raise ConfigError(f"the frame cache of {len(items)} clips would take {need / 2**30:.1f} GiB "
-                                  f"(limit {FRAME_CACHE_MAX_BYTES / 2**30:.0f} GiB); train with --no-frame-cache")
-            loader = torch.utils.data.DataLoader(range(len(items)), batch_size=None, num_workers=workers,
-                                                 collate_fn=self._read_or_skip)
-            frames = list(loader)
-            keep = [i for i, entry in enumerate(frames) if entry is not None]
-            if len(keep) < len(items):
-                log.warning("skipped %d unreadable training videos of %d", len(items) - len(keep), len(items))
-            self.items = [items[i] for i in keep]
-            self.tokens = [self.tokens[i] for i in keep]
-            self.frames = [frames[i] for i in keep]
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        from prost.data.video import read_frames
-
-        item = self.items[index]
-        return read_frames(item.path, self.num_frames, self.image_size, item.start, item.end,
-                           sample_fps=self.sample_fps)
-
-    def _read_or_skip(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """A clip's frames, or None with one warning line when the file cannot be decoded."""
-        from prost.errors import DataError
-
-        try:
-            return self._read(index)
-        except DataError as exc:
-            log.warning("skipping unreadable video: %s", exc)
-            return None
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from prost.data.video import DecodedVideo
-
-        uint8, source = self.frames[index] if self.frames is not None else self._read(index)
-        frames = DecodedVideo.from_uint8(uint8, source, self.num_frames).frames  # [L, 3, S, S], zero padding
-        tokens = self.tokens[index]
-        choice = int(np.random.default_rng([self.seed, self.epoch, index]).integers(len(tokens)))
-        return torch.from_numpy(frames), tokens[choice]
+def load_training_clips(config: TrainConfig, workers: int) -> ClipDataset:
+    """The training split, captions tokenized once, decoded once by `workers` processes (unreadable videos dropped)
+    and, with `frame_cache`, kept in memory as uint8 frames."""
+    model = config.model
+    items = load_split(config.data, config.split, layout=config.layout)
+    num_frames, image_size = model.head.num_frames, model.vision.image_size
+    if config.frame_cache:
+        need = len(items) * num_frames * 3 * image_size ** 2  # uint8 bytes at most
+        if need > FRAME_CACHE_MAX_BYTES:
+            raise ConfigError(f"the frame cache of {len(items)} clips would take {need / 2**30:.1f} GiB "
+                              f"(limit {FRAME_CACHE_MAX_BYTES / 2**30:.0f} GiB); train with --no-frame-cache")
+    data = ClipDataset(items, num_frames, image_size, model.max_words, train=True, seed=config.seed,
+                       cache_bytes=FRAME_CACHE_MAX_BYTES if config.frame_cache else 0, sample_fps=model.sample_fps)
+    data.preload(workers)
+    return data
 
 
 class HardNegativeSampler(torch.utils.data.Sampler):
@@ -509,14 +467,11 @@ class Trainer:
     """One run's model, data order, optimizer and position; `run` trains until done, out of time or max_steps."""
 
     def __init__(self, config: TrainConfig, out: Path, env: Dist, resume: bool) -> None:
-        from prost.data.datasets import load_split
-
         started = time.monotonic()
         self.config, self.out, self.env = config, out, env
         self.model = (load_model(out) if resume else build_model(config)).to(env.device).train()
         seed_everything(config.seed)
-        self.data = TrainClips(load_split(config.data, config.split, layout=config.layout), config.model,
-                               config.seed, config.frame_cache, config.workers or min(4, os.cpu_count() or 1))
+        self.data = load_training_clips(config, config.workers or min(4, os.cpu_count() or 1))
         self.local_batch = config.batch_size // env.world
         self.sampler = _sampler(self.data, config, env)
         self.steps_per_epoch = len(self.sampler) // self.local_batch // config.grad_accum
@@ -555,10 +510,10 @@ class Trainer:
         while self.epoch < config.epochs and stopped == "complete":
             done = (self.step - self.epoch * self.steps_per_epoch) * config.grad_accum  # micro-batches this epoch
             step_start = time.monotonic()
-            for micro, (frames, token_ids) in enumerate(self._loader(done), start=done):
+            for micro, batch in enumerate(self._loader(done), start=done):
                 last = (micro + 1) % config.grad_accum == 0
-                loss = self._backward(frames, token_ids, last)
-                window.add(loss, frames.shape[0] * self.env.world)
+                loss = self._backward(batch["frames"], batch["token_ids"], last)
+                window.add(loss, batch["frames"].shape[0] * self.env.world)
                 if not last:
                     continue
                 self._optimizer_step()
@@ -585,13 +540,13 @@ class Trainer:
         bar.close()
         return stopped
 
-    def _loader(self, done: int) -> torch.utils.data.DataLoader:
+    def _loader(self, done: int) -> ClipLoader:
         """This epoch's micro-batches from number `done` on; the order depends only on (seed, epoch)."""
         self.sampler.set_epoch(self.epoch)
         self.data.set_epoch(self.epoch)
         batches = EpochBatches(self.sampler, self.local_batch, done, self.steps_per_epoch * self.config.grad_accum)
         # An explicit generator keeps the loader from drawing its base seed from the global RNG (dropout's).
-        return torch.utils.data.DataLoader(
+        return ClipLoader(
             self.data, batch_sampler=batches, num_workers=0 if self.config.frame_cache else self.config.workers,
             generator=torch.Generator().manual_seed(self.config.seed * 1000 + self.epoch))
 
@@ -645,7 +600,7 @@ class _Window:
         return self.clips / max(time.monotonic() - self.start, 1e-9)
 
 
-def _sampler(data: TrainClips, config: TrainConfig, env: Dist) -> torch.utils.data.Sampler:
+def _sampler(data: ClipDataset, config: TrainConfig, env: Dist) -> torch.utils.data.Sampler:
     """Official random order (DistributedSampler, also for one process) or the opt-in hard-negative grouping."""
     if config.hard_negatives > 1:
         return HardNegativeSampler([list(i.captions) for i in data.items], config.hard_negatives, config.batch_size,
@@ -655,9 +610,6 @@ def _sampler(data: TrainClips, config: TrainConfig, env: Dist) -> torch.utils.da
 
 
 def _val_items(config: TrainConfig) -> list:
-    from prost.data.datasets import load_split
-    from prost.errors import DataError
-
     try:
         return load_split(config.data, config.val_split, layout=config.layout)
     except DataError as exc:
@@ -735,7 +687,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                    help="initial ln(1/temperature) (default: the model's, ln(100); CLIP from scratch uses ln(1/0.07))")
     p.add_argument("--clip-weights", help="OpenAI CLIP archive (ViT-B-32.pt) for the towers")
     p.add_argument("--init", help="checkpoint to start from")
-    p.add_argument("--workers", type=int, help="decoding processes (default 0; cache building uses up to 4)")
+    p.add_argument("--workers", type=int, help="decoding processes (default 0; the up-front decode pass uses up to 4)")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget; stops at a step boundary and saves")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps of the run (then --resume)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; 1 helps on a busy CPU)")

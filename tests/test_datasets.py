@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from prost.data.datasets import ClipDataset, FrameCache, VideoItem, load_split, make_loader
+from torch.utils.data import DistributedSampler
+
+from prost.data.datasets import ClipDataset, ClipLoader, FrameCache, VideoItem, load_split
 from prost.data.synthetic import write_mp4
 from prost.errors import DataError
 from prost.tokenizer import tokenize
+from prost.train import EpochBatches
 
 L, S, W = 4, 32, 16
 
@@ -168,7 +171,7 @@ def test_samples_hold_frames_masks_tokens_and_video_index(clips):
 
 def test_unreadable_video_is_skipped_with_one_warning(clips, caplog):
     dataset = ClipDataset(clips, L, S, W)
-    loader = make_loader(dataset, batch_size=4, shuffle=False, workers=0, seed=0)
+    loader = ClipLoader(dataset, batch_size=4)
     with caplog.at_level(logging.WARNING, logger="prost.data.datasets"):
         epochs = [list(loader) for _ in range(2)]
     for batches in epochs:
@@ -182,40 +185,60 @@ def test_unreadable_video_is_skipped_with_one_warning(clips, caplog):
 
 
 def test_a_batch_of_only_unreadable_videos_is_dropped(clips):
-    loader = make_loader(ClipDataset([clips[3], clips[0]], L, S, W), batch_size=1, shuffle=False, workers=0, seed=0)
+    loader = ClipLoader(ClipDataset([clips[3], clips[0]], L, S, W), batch_size=1)
     assert [b["video_index"].tolist() for b in loader] == [[1]]
 
 
-def _epoch(loader) -> list[tuple[int, tuple[int, ...]]]:
+@pytest.mark.parametrize("cache_bytes", [10**7, 0])
+def test_preload_drops_unreadable_videos_up_front_with_one_warning_each(clips, caplog, cache_bytes):
+    dataset = ClipDataset(clips, L, S, W, cache_bytes=cache_bytes)
+    with caplog.at_level(logging.WARNING, logger="prost.data.datasets"):
+        dataset.preload()
+    assert [item.path for item in dataset.items] == [item.path for k, item in enumerate(clips) if k != 3]
+    assert len(dataset.cache) == (6 if cache_bytes else 0)
+    assert dataset[3]["token_ids"].tolist() == tokenize(["clip 4 first"], W)[0].tolist()  # tokens follow their item
+    assert [dataset[i]["video_index"] for i in range(len(dataset))] == list(range(6))
+    per_file = [r.getMessage() for r in caplog.records if "v3.mp4" in r.getMessage()]
+    assert len(per_file) == 1 and "skipping unreadable video" in per_file[0]
+    assert "skipped 1 unreadable videos of 7" in [r.getMessage() for r in caplog.records]
+
+
+def test_preloaded_frames_serve_later_epochs_without_the_files(clips):
+    cached = ClipDataset(clips, L, S, W, cache_bytes=10**7)
+    cached.preload(workers=2)  # frames decoded by worker processes land in this process's cache
+    uncached = ClipDataset(clips, L, S, W)
+    before = [uncached[i]["frames"] for i in range(len(clips)) if i != 3]
+    for item in clips:
+        item.path.unlink()
+    after = [cached[i]["frames"] for i in range(len(cached))]
+    assert len(after) == 6 and all(torch.equal(a, b) for a, b in zip(before, after))
+    assert uncached[0] is None and uncached.skipped == {clips[0].path}
+
+
+def _epoch(dataset: ClipDataset, epoch: int, workers: int, start: int = 0) -> list[tuple[int, tuple[int, ...]]]:
+    """(video index, token ids) of an epoch's samples from batch `start` on, loaded the way training loads them."""
+    sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=dataset.seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    dataset.set_epoch(epoch)
+    loader = ClipLoader(dataset, batch_sampler=EpochBatches(sampler, 2, start, len(sampler) // 2), num_workers=workers)
     return [(int(v), tuple(t.tolist())) for b in loader for v, t in zip(b["video_index"], b["token_ids"])]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_loader_order_and_caption_draws_follow_the_seed(clips, workers):
-    def run(seed):
-        loader = make_loader(ClipDataset(clips, L, S, W, train=True), batch_size=2, shuffle=True, workers=workers,
-                             seed=seed)
-        return [_epoch(loader) for _ in range(2)]
+def test_order_and_caption_draws_depend_only_on_seed_epoch_and_index(clips, workers):
+    def dataset(seed: int) -> ClipDataset:
+        data = ClipDataset(clips, L, S, W, train=True, seed=seed)
+        data.preload()
+        return data
 
-    first = run(seed=7)
-    assert first == run(seed=7)
-    assert first != run(seed=8)
+    data = dataset(seed=7)
+    first = [_epoch(data, epoch, workers) for epoch in (0, 1)]
+    assert first == [_epoch(dataset(seed=7), epoch, workers=0) for epoch in (0, 1)]  # a fresh dataset, no workers
+    assert _epoch(data, 1, workers, start=1) == first[1][2:]  # resumed at the second batch of epoch 1
+    assert first != [_epoch(dataset(seed=8), epoch, workers) for epoch in (0, 1)]
     assert first[0] != first[1]  # a new order and new caption draws every epoch
-    assert sorted(v for v, _ in first[0]) == [0, 1, 2, 4, 5, 6]
-    drawn = {t for epoch in first for _, t in epoch}
-    assert len(drawn) > 6  # both captions of some videos were drawn
-
-
-def test_frame_cache_serves_later_epochs(clips, tmp_path):
-    cached = ClipDataset(clips, L, S, W, cache_bytes=10**7)
-    uncached = ClipDataset(clips, L, S, W)
-    before = [cached[i]["frames"] for i in range(len(clips)) if i != 3]
-    assert len(cached.cache) == 6
-    for item in clips:
-        item.path.unlink()
-    after = [cached[i]["frames"] for i in range(len(clips)) if i != 3]
-    assert all(torch.equal(a, b) for a, b in zip(before, after))
-    assert uncached[0] is None and uncached.skipped == {clips[0].path}
+    assert sorted(v for v, _ in first[0]) == list(range(6))  # the unreadable v3 was dropped up front
+    assert len({t for epoch in first for _, t in epoch}) > 6  # both captions of some videos were drawn
 
 
 def test_frame_cache_evicts_least_recently_used_entries_by_bytes():

@@ -8,12 +8,13 @@ import torch
 from safetensors.torch import load_file
 
 from prost.config import ProstConfig
+from prost.data.datasets import load_split
 from prost.data.synthetic import generate
 from prost.errors import ConfigError
 from prost.factory import create_model, preset_config
 from prost.loss import MAX_LOGIT_SCALE
 from prost.train import (METRICS_FILE, PLOT_FILE, STATE_FILE, TrainConfig, clamp_logit_scale, clip_gradients,
-                         load_state, make_optimizer, parameter_groups, train, warmup_cosine)
+                         load_state, load_training_clips, make_optimizer, parameter_groups, train, warmup_cosine)
 
 
 @pytest.fixture(scope="module")
@@ -159,19 +160,11 @@ def test_hard_negative_batches_group_similar_captions_and_split_over_ranks():
     assert sorted(single.global_order()) == list(range(6))
 
 
-def test_unreadable_training_videos_are_skipped_with_a_warning(tmp_path, caplog):
-    import logging
-
-    from prost.data.datasets import load_split
-    from prost.data.synthetic import generate
-    from prost.factory import preset_config
-    from prost.train import TrainClips
-
-    root = generate(tmp_path / "synth", videos=12, seed=3)
+def test_training_drops_unreadable_videos_up_front_with_and_without_the_frame_cache(tmp_path):
+    root = generate(tmp_path / "synth", videos=12, seed=3, workers=1)
     items = load_split(root, "train")
     items[0].path.write_bytes(b"not a video")
-    with caplog.at_level(logging.WARNING, logger="prost.train"):
-        clips = TrainClips(items, preset_config("tiny"), seed=0, cache=True)
-    assert len(clips) == len(items) - 1 and items[0] not in clips.items
-    assert sum("skipping unreadable video" in r.message and str(items[0].path) in r.message for r in caplog.records) == 1
-    assert any("skipped 1 unreadable training videos" in r.message for r in caplog.records)
+    for frame_cache in (True, False):
+        data = load_training_clips(small_config(root, frame_cache=frame_cache), workers=0)
+        assert [item.path for item in data.items] == [item.path for item in items[1:]]
+        assert len(data.cache) == (len(items) - 1 if frame_cache else 0)

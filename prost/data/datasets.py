@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import random
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from prost.data.video import DecodedVideo, read_frames
 from prost.errors import DataError
@@ -208,56 +207,88 @@ class FrameCache:
 
 
 class ClipDataset(Dataset):
-    """(clip, caption) samples, one per item: a random caption of the item in training, else its first caption.
+    """(clip, caption) samples, one per item: in training a caption drawn from (seed, epoch, index) alone, so batches
+    do not depend on workers or on where a run resumed; otherwise the item's first caption.
 
-    A sample of an unreadable video is None (one warning per file and process); `collate` drops it. With
-    `cache_bytes`, decoded uint8 frames are kept for later epochs (use persistent workers, as `make_loader` does).
+    Captions are tokenized once here. A sample of an unreadable video is None (one warning per file and process);
+    `collate` drops it, and `preload` drops such items up front. With `cache_bytes`, decoded uint8 frames are kept.
     """
 
     def __init__(self, items: Sequence[VideoItem], num_frames: int, image_size: int, context_length: int, *,
-                 train: bool = False, cache_bytes: int = 0, sample_fps: float | None = None) -> None:
-        self.items = list(items)
-        self.num_frames, self.image_size, self.context_length = num_frames, image_size, context_length
-        self.sample_fps = sample_fps
-        self.train = train
-        ids: dict[str, int] = {}
-        self.video_indices = [ids.setdefault(item.video_id, len(ids)) for item in self.items]
+                 train: bool = False, seed: int = 0, cache_bytes: int = 0, sample_fps: float | None = None) -> None:
+        self.num_frames, self.image_size, self.sample_fps = num_frames, image_size, sample_fps
+        self.train, self.seed, self.epoch = train, seed, 0
         self.skipped: set[Path] = set()  # unreadable videos met by this process
         self.cache = FrameCache(cache_bytes)
-        self.generator = torch.Generator()  # draws training captions; `make_loader` seeds it, in every worker too
+        self._select(list(items), [torch.from_numpy(tokenize(list(i.captions), context_length)) for i in items])
+
+    def _select(self, items: list[VideoItem], tokens: list[torch.Tensor]) -> None:
+        """Hold `items` with their token ids [captions, W] int32; video indices number their distinct videos."""
+        self.items, self.tokens = items, tokens
+        ids: dict[str, int] = {}
+        self.video_indices = [ids.setdefault(item.video_id, len(ids)) for item in items]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's training captions (the sampler's `set_epoch` sets the order)."""
+        self.epoch = epoch
+
+    def preload(self, workers: int = 0) -> None:
+        """Decode every item once with up to `workers` processes, filling the cache, and drop unreadable videos, so
+        that every later batch is full (the DDP all-gather needs equal batches) and no epoch meets a bad file."""
+        loader = DataLoader(range(len(self.items)), batch_size=None, num_workers=workers, collate_fn=self._read)
+        keep = []
+        for index, entry in enumerate(loader):
+            if entry is not None:
+                self.cache.put(self._key(self.items[index]), entry)
+                keep.append(index)
+        if len(keep) < len(self.items):
+            logger.warning("skipped %d unreadable videos of %d", len(self.items) - len(keep), len(self.items))
+        self._select([self.items[i] for i in keep], [self.tokens[i] for i in keep])
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
-        item = self.items[index]
-        video = self._decode(item)
-        if video is None:
+        entry = self._frames(index)
+        if entry is None:
             return None
-        draw = int(torch.randint(len(item.captions), (), generator=self.generator)) if self.train else 0
-        caption = item.captions[draw]
+        video = DecodedVideo.from_uint8(*entry, self.num_frames)
+        tokens = self.tokens[index]
+        draw = int(np.random.default_rng([self.seed, self.epoch, index]).integers(len(tokens))) if self.train else 0
         return {
             "frames": torch.from_numpy(video.frames),  # [L, 3, S, S]
             "frame_mask": torch.from_numpy(video.mask),  # [L]
-            "token_ids": torch.from_numpy(tokenize([caption], self.context_length)[0]),  # [W] int32
+            "token_ids": tokens[draw],  # [W] int32
             "video_index": self.video_indices[index],
         }
 
-    def _decode(self, item: VideoItem) -> DecodedVideo | None:
+    @staticmethod
+    def _key(item: VideoItem) -> tuple[Path, float | None, float | None]:
+        return item.path, item.start, item.end
+
+    def _frames(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The item's uint8 frames and source indices, from the cache when there; None for an unreadable video."""
+        item = self.items[index]
         if item.path in self.skipped:
             return None
-        key = (item.path, item.start, item.end)
-        entry = self.cache.get(key)
+        entry = self.cache.get(self._key(item))
         if entry is None:
-            try:
-                entry = read_frames(item.path, self.num_frames, self.image_size, item.start, item.end,
-                                    sample_fps=self.sample_fps)
-            except DataError as exc:
+            entry = self._read(index)
+            if entry is None:
                 self.skipped.add(item.path)
-                logger.warning("skipping unreadable video: %s", exc)
                 return None
-            self.cache.put(key, entry)
-        return DecodedVideo.from_uint8(*entry, self.num_frames)
+            self.cache.put(self._key(item), entry)
+        return entry
+
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Decode an item's clip, or None with one warning line when its video cannot be decoded."""
+        item = self.items[index]
+        try:
+            return read_frames(item.path, self.num_frames, self.image_size, item.start, item.end,
+                               sample_fps=self.sample_fps)
+        except DataError as exc:
+            logger.warning("skipping unreadable video: %s", exc)
+            return None
 
 
 def collate(samples: list[dict[str, Any] | None]) -> dict[str, Any]:
@@ -269,7 +300,11 @@ def collate(samples: list[dict[str, Any] | None]) -> dict[str, Any]:
 
 
 class ClipLoader(DataLoader):
-    """A DataLoader over `collate` batches: drops batches left empty by unreadable videos, logs an epoch's count."""
+    """A DataLoader of a ClipDataset over `collate` batches: drops batches left empty by unreadable videos and logs
+    an epoch's count. Order comes from the sampler; caption draws from the dataset's seed and epoch."""
+
+    def __init__(self, dataset: ClipDataset, **loader_args: Any) -> None:
+        super().__init__(dataset, collate_fn=collate, **loader_args)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         skipped = 0
@@ -279,22 +314,3 @@ class ClipLoader(DataLoader):
                 yield batch
         if skipped:
             logger.warning("skipped %d samples of unreadable videos in this epoch", skipped)
-
-
-def _seed_worker(worker_id: int) -> None:
-    """Seed the worker's caption draws, numpy and random from its torch seed, which the loader's generator sets."""
-    seed = torch.initial_seed()
-    dataset = get_worker_info().dataset
-    if isinstance(dataset, ClipDataset):
-        dataset.generator.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def make_loader(dataset: ClipDataset, batch_size: int, shuffle: bool, workers: int, seed: int) -> ClipLoader:
-    """A loader whose order and caption draws follow `seed`; workers persist across epochs to keep their caches."""
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    dataset.generator.manual_seed(seed)  # draws in this process, when workers == 0
-    return ClipLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate,
-                      generator=generator, worker_init_fn=_seed_worker, persistent_workers=workers > 0)
