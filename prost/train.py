@@ -27,7 +27,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -43,11 +42,14 @@ from torch import nn
 from prost.checkpoint import load_clip_weights, load_model, save_model
 from prost.config import ProstConfig, parse_overrides
 from prost.data.datasets import ClipDataset, ClipLoader, load_split
+from prost.data.sampling import EpochBatches, HardNegativeSampler
+from prost.distributed import AllGather, Dist, init_distributed
 from prost.errors import ConfigError, DataError
 from prost.factory import create_model, preset_config
-from prost.loss import MAX_LOGIT_SCALE, prost_loss, symmetric_infonce
+from prost.loss import prost_loss, symmetric_infonce
 from prost.model.prost import ProstModel
 from prost.model.similarity import event_sentence, object_phrase
+from prost.optim import clamp_logit_scale, clip_gradients, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -122,98 +124,7 @@ class TrainConfig:
         return cls(**{**data, "model": ProstConfig.from_dict(data["model"])})
 
 
-# ----------------------------------------------------------------------------------------------- optimisation
-
-
-def warmup_cosine(progress: float, warmup: float = 0.1) -> float:
-    """Official schedule factor at progress p = step / total: p / warmup while p < warmup, then 0.5 (1 + cos(pi p))."""
-    if progress < warmup:
-        return progress / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def parameter_groups(model: nn.Module, lr: float, clip_lr_coef: float, weight_decay: float) -> list[dict[str, Any]]:
-    """Official grouping: decay unless the name contains "bias"; names containing "clip." get lr * clip_lr_coef."""
-    groups: dict[tuple[bool, bool], list[tuple[str, nn.Parameter]]] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            groups.setdefault(("clip." in name, "bias" not in name), []).append((name, param))
-    out = []
-    for (is_clip, decay), named in sorted(groups.items()):
-        out.append({"params": [p for _, p in named], "names": [n for n, _ in named],
-                    "lr": lr * clip_lr_coef if is_clip else lr, "weight_decay": weight_decay if decay else 0.0,
-                    "group": f"{'clip' if is_clip else 'head'}_{'decay' if decay else 'no_decay'}"})
-    return out
-
-
-def clip_gradients(params: list[nn.Parameter], max_norm: float, mode: str) -> None:
-    """Clip each tensor's gradient to `max_norm` (official, per tensor) or all of them to one global norm."""
-    grads = [p for p in params if p.grad is not None]
-    if mode == "global":
-        torch.nn.utils.clip_grad_norm_(grads, max_norm)
-    else:
-        for param in grads:
-            torch.nn.utils.clip_grad_norm_(param, max_norm)
-
-
-def clamp_logit_scale(model: ProstModel) -> None:
-    """Keep the learnable temperature at exp(logit_scale) <= 100, as after every official step."""
-    with torch.no_grad():
-        model.clip.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig, total_steps: int):
-    """AdamW over the official parameter groups and the warmup-cosine LambdaLR over `total_steps` steps."""
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.lr, config.clip_lr_coef, config.weight_decay),
-                                  betas=(0.9, 0.98), eps=1e-6)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step / total_steps, config.warmup))
-    return optimizer, scheduler
-
-
-# -------------------------------------------------------------------------------------------- distribution
-
-
-@dataclass(frozen=True)
-class Dist:
-    """This process's place in a torchrun job (world 1 without torchrun)."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed() -> Dist:
-    """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on CUDA, Gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-    if world == 1:
-        return Dist(device=device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), device=device)
-
-
-class AllGather(torch.autograd.Function):
-    """Concatenate a tensor over ranks; the backward pass returns this rank's slice (official AllGather)."""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        ctx.rank, ctx.size = dist.get_rank(), tensor.shape[0]
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts, dim=0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad[ctx.rank * ctx.size:(ctx.rank + 1) * ctx.size]
+# -------------------------------------------------------------------------------------------------- loss
 
 
 class Encoders(nn.Module):
@@ -325,91 +236,6 @@ def load_training_clips(config: TrainConfig, workers: int) -> ClipDataset:
                        cache_bytes=FRAME_CACHE_MAX_BYTES if config.frame_cache else 0, sample_fps=model.sample_fps)
     data.preload(workers)
     return data
-
-
-class HardNegativeSampler(torch.utils.data.Sampler):
-    """Epoch order in which each video sits next to the `group` - 1 videos with the most similar captions (TF-IDF
-    over words and word pairs), so batches hold hard negatives. Not in the official recipe; off by default.
-
-    Like DistributedSampler it yields this rank's share; rank r takes slice r of every global batch.
-    """
-
-    def __init__(self, captions: list[list[str]], group: int, batch_size: int, world: int = 1, rank: int = 0,
-                 seed: int = 0, neighbours: int = 16) -> None:
-        self.group, self.batch_size, self.world, self.rank = group, batch_size, world, rank
-        self.seed, self.epoch = seed, 0
-        self.neighbours = caption_neighbours(captions, neighbours)
-        self.batches = len(captions) // batch_size  # global batches per epoch (drop_last)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def global_order(self) -> list[int]:
-        """Greedy groups in a seeded random order of seeds: a seed, then its nearest still unassigned videos."""
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        taken = np.zeros(len(self.neighbours), dtype=bool)
-        order: list[int] = []
-        for seed in torch.randperm(len(self.neighbours), generator=generator).tolist():
-            if taken[seed]:
-                continue
-            members = [seed] + [int(j) for j in self.neighbours[seed] if not taken[j]][: self.group - 1]
-            taken[members] = True
-            order += members
-        return order
-
-    def __iter__(self):
-        order, local = self.global_order(), self.batch_size // self.world
-        for b in range(self.batches):
-            start = b * self.batch_size + self.rank * local
-            yield from order[start:start + local]
-
-    def __len__(self) -> int:
-        return self.batches * (self.batch_size // self.world)
-
-
-def caption_neighbours(captions: list[list[str]], k: int, chunk: int = 1024) -> np.ndarray:
-    """For each video, the k others with the most similar captions: cosine of TF-IDF word and word-pair counts."""
-    import re
-
-    from scipy import sparse
-
-    vocab: dict[str, int] = {}
-    rows, cols = [], []
-    for row, texts in enumerate(captions):
-        for text in texts:
-            words = re.findall(r"\w+", text.lower())
-            for term in words + [f"{a} {b}" for a, b in zip(words, words[1:])]:
-                rows.append(row)
-                cols.append(vocab.setdefault(term, len(vocab)))
-    counts = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(captions), len(vocab)))
-    idf = np.log((1 + len(captions)) / (1 + np.bincount(counts.indices, minlength=len(vocab)))) + 1
-    tfidf = counts.multiply(idf[None, :]).tocsr()
-    norms = np.sqrt(np.asarray(tfidf.multiply(tfidf).sum(axis=1)).ravel()) + 1e-12
-    tfidf = sparse.diags(1 / norms) @ tfidf
-    k = min(k, len(captions) - 1)
-    out = np.empty((len(captions), k), dtype=np.int64)
-    for start in range(0, len(captions), chunk):  # bounded memory: [chunk, N] scores at a time
-        scores = (tfidf[start:start + chunk] @ tfidf.T).toarray()
-        scores[np.arange(len(scores)), np.arange(start, start + len(scores))] = -np.inf  # not itself
-        top = np.argpartition(-scores, k, axis=1)[:, :k] if k < scores.shape[1] - 1 else np.argsort(-scores)[:, :k]
-        best = np.take_along_axis(scores, top, axis=1)
-        out[start:start + len(scores)] = np.take_along_axis(top, np.argsort(-best, axis=1, kind="stable"), axis=1)
-    return out
-
-
-class EpochBatches(torch.utils.data.Sampler):
-    """Batches of a DistributedSampler's epoch order, from micro-batch `start` up to `stop` (resumes mid-epoch)."""
-
-    def __init__(self, sampler: torch.utils.data.Sampler, batch_size: int, start: int, stop: int) -> None:
-        self.sampler, self.batch_size, self.start, self.stop = sampler, batch_size, start, stop
-
-    def __iter__(self):
-        order = list(self.sampler)
-        for b in range(self.start, self.stop):
-            yield order[b * self.batch_size:(b + 1) * self.batch_size]
-
-    def __len__(self) -> int:
-        return self.stop - self.start
 
 
 # -------------------------------------------------------------------------------------------------- loop

@@ -13,10 +13,10 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from prost.data.datasets import ClipDataset, ClipLoader, FrameCache, VideoItem, load_split
+from prost.data.sampling import EpochBatches
 from prost.data.synthetic import write_mp4
 from prost.errors import DataError
 from prost.tokenizer import tokenize
-from prost.train import EpochBatches
 
 L, S, W = 4, 32, 16
 
