@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
+from prost.data.datasets import ClipDataset, ClipLoader
 from prost.errors import ConfigError, DataError
 from prost.metrics import format_table, hungarian_r1, retrieval_metrics
 from prost.model.prost import ProstModel, TextPrototypes, VideoPrototypes
@@ -30,28 +30,6 @@ SWEEP_BETAS = tuple(round(0.8 + 0.1 * i, 1) for i in range(10))  # 0.8 .. 1.7, a
 TRAIN_CONFIG_FILE = "train_config.json"
 
 
-class GalleryVideos(Dataset):
-    """Decoded frames of each distinct video of `items` (first occurrence order), for the video tower."""
-
-    def __init__(self, items: Sequence, num_frames: int, image_size: int) -> None:
-        seen: dict[str, Any] = {}
-        for item in items:
-            seen.setdefault(item.video_id, item)
-        self.items = list(seen.values())
-        self.num_frames, self.image_size = num_frames, image_size
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        from prost.data.video import decode_video
-
-        item = self.items[index]
-        decoded = decode_video(item.path, self.num_frames, self.image_size, getattr(item, "start", None),
-                               getattr(item, "end", None))
-        return torch.from_numpy(decoded.frames)  # [L, 3, S, S]
-
-
 def _model_device(model: ProstModel) -> torch.device:
     return next(model.parameters()).device
 
@@ -59,22 +37,32 @@ def _model_device(model: ProstModel) -> torch.device:
 @torch.inference_mode()
 def encode_gallery(model: ProstModel, items: Sequence, batch_size: int = 32,
                    workers: int = 0) -> tuple[list[str], VideoPrototypes]:
-    """Encode every distinct video of `items` once; returns its ids and prototypes (objects [V, L, No, D])."""
-    head = model.config.head
-    dataset = GalleryVideos(items, head.num_frames, model.config.vision.image_size)
+    """Encode every distinct video of `items` once, decoded as in training (`sample_fps` included); returns the ids
+    and prototypes (objects [V, L, No, D]) of the readable ones, in first-occurrence order.
+
+    Unreadable videos are left out with one warning line each and a count, as in training.
+    """
+    config = model.config
+    distinct: dict[str, Any] = {}
+    for item in items:
+        distinct.setdefault(item.video_id, item)
+    dataset = ClipDataset(list(distinct.values()), config.head.num_frames, config.vision.image_size,
+                          config.max_words, sample_fps=config.sample_fps)
     if not len(dataset):
         raise DataError("no videos to encode")
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     device = _model_device(model)
     was_training = model.training
     model.eval()
-    objects, events = [], []
-    for frames in loader:
-        video = model.encode_video(frames.to(device))
+    indices, objects, events = [], [], []
+    for batch in ClipLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers):
+        video = model.encode_video(batch["frames"].to(device))
+        indices += batch["video_index"].tolist()
         objects.append(video.objects.float().cpu())
         events.append(video.events.float().cpu())
     model.train(was_training)
-    return [item.video_id for item in dataset.items], VideoPrototypes(torch.cat(objects), torch.cat(events))
+    if not indices:
+        raise DataError(f"none of the {len(dataset)} videos could be decoded")
+    return [dataset.items[i].video_id for i in indices], VideoPrototypes(torch.cat(objects), torch.cat(events))
 
 
 @torch.inference_mode()
@@ -109,10 +97,14 @@ def select(scores: Similarity, mode: str, beta: float) -> torch.Tensor:
 
 
 def caption_queries(items: Sequence, video_ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """Every caption of `items` with the gallery column of its video (several captions may share a video)."""
+    """Every caption of `items` whose video is in the gallery, with its video's column (captions may share one)."""
     column = {vid: i for i, vid in enumerate(video_ids)}
-    texts = [text for item in items for text in item.captions]
-    targets = [column[item.video_id] for item in items for _ in item.captions]
+    kept = [item for item in items if item.video_id in column]
+    left_out = sum(len(item.captions) for item in items) - sum(len(item.captions) for item in kept)
+    if left_out:
+        log.warning("left out %d captions of videos missing from the gallery (unreadable)", left_out)
+    texts = [text for item in kept for text in item.captions]
+    targets = [column[item.video_id] for item in kept for _ in item.captions]
     return texts, np.asarray(targets, dtype=np.int64)
 
 

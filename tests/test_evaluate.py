@@ -84,3 +84,23 @@ def test_prost_eval_cli_writes_json(synth, model, tmp_path):
         assert (result[direction]["MdR"] == 1.0) == (result[direction]["R@1"] > 50.0)
     assert result["hungarian"]["transductive"] is True and "transductive" in result["hungarian"]["label"]
     assert len(result["beta_sweep"]) == len(SWEEP_BETAS)
+
+
+def test_gallery_decodes_as_training_and_leaves_out_unreadable_videos(synth, tmp_path, caplog):
+    """sample_fps reaches the decoder (it picks other frames), and a corrupt video drops out with its captions."""
+    config = preset_config("tiny").replace(**{"vision.layers": 2, "text.layers": 1, "head.num_frames": 4,
+                                              "sample_fps": 2.0})
+    model = create_model(config, seed=0)
+    items = load_split(synth, "train")[:3]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    items[1] = type(items[1])(items[1].video_id, broken, items[1].captions)
+    ids, video = encode_gallery(model, items)
+    assert ids == [items[0].video_id, items[2].video_id] and "broken.mp4" in caplog.text
+    expected = torch.from_numpy(decode_video(items[0].path, 4, config.vision.image_size, sample_fps=2.0).frames)
+    every_frame = torch.from_numpy(decode_video(items[0].path, 4, config.vision.image_size).frames)
+    assert not torch.equal(expected, every_frame)  # 2 fps of the 8 fps clip picks other frames
+    with torch.inference_mode():
+        assert torch.allclose(video.objects[0], model.encode_video(expected[None]).objects[0], atol=1e-6)
+    result = evaluate(model, items, gallery=(ids, video))
+    assert result["videos"] == 2 and result["captions"] == len(items[0].captions) + len(items[2].captions)
