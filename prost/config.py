@@ -11,6 +11,7 @@ from typing import Any
 from prost.errors import ConfigError
 
 FRAME_MASKS = ("official", "own-frame")
+PHRASE_TOKENS = ("all", "caption")  # official code: padding positions feed phrases; the paper: caption tokens
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class HeadConfig:
     dropout: float = 0.1  # training only
     frame_mask: str = "official"  # "official": forward window; "own-frame": the paper's reading
     frame_mask_ratio: float = 0.2  # r in the official window (hard-coded 0.2 upstream)
+    phrase_tokens: str = "all"  # phrases pool "all" W positions, padding included (official) or the "caption" only
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ class ProstConfig:
     def __post_init__(self) -> None:
         if self.head.frame_mask not in FRAME_MASKS:
             raise ConfigError(f"head.frame_mask={self.head.frame_mask!r}; valid: {', '.join(FRAME_MASKS)}")
+        if self.head.phrase_tokens not in PHRASE_TOKENS:
+            raise ConfigError(f"head.phrase_tokens={self.head.phrase_tokens!r}; valid: {', '.join(PHRASE_TOKENS)}")
         if self.max_words > self.text.context_length:
             raise ConfigError(f"max_words={self.max_words} exceeds text.context_length={self.text.context_length}")
         if self.head.num_objects < 2:

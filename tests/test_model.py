@@ -144,6 +144,24 @@ def test_padding_positions_feed_the_phrase_prototypes(tiny):
     assert torch.allclose(text.sentence, l2_normalize(words[torch.arange(2), eot]), atol=1e-6)
 
 
+def test_caption_phrase_tokens_ignore_padding(tiny):
+    """The paper's reading (head.phrase_tokens="caption") pools SOT..EOT only: phrases no longer depend on W."""
+    model = prost.create_model(tiny.config.replace(**{"head.phrase_tokens": "caption"}), seed=0)
+    wide = prost.create_model(model.config.replace(max_words=2 * model.config.max_words), seed=0)
+    wide.load_state_dict(model.state_dict())
+    ids = token_batch(model, [5, 12])
+    padded = torch.cat([ids, torch.zeros_like(ids)], dim=1)
+    with torch.no_grad():
+        text, wide_text = model.encode_text(ids), wide.encode_text(padded)
+        words = model.clip.encode_tokens(ids)
+        weights = model.word_prototype_weight(words) * (ids != 0).unsqueeze(-1).float()
+    assert torch.allclose(text.phrases, l2_normalize(weights.transpose(1, 2) @ words), atol=1e-6)
+    assert torch.allclose(text.phrases, wide_text.phrases, atol=1e-5)
+    assert torch.allclose(text.sentence, wide_text.sentence, atol=1e-5)
+    with torch.no_grad():  # the official pooling does depend on W
+        assert not torch.allclose(tiny.encode_text(ids).phrases, wide_text.phrases, atol=1e-3)
+
+
 def test_encoders_shapes_and_unit_norm(tiny):
     cfg = tiny.config
     frames = torch.randn(2, cfg.head.num_frames, 3, cfg.vision.image_size, cfg.vision.image_size)

@@ -59,12 +59,15 @@ class ProstModel(nn.Module):
         """token_ids [B, W] (SOT, tokens, EOT, zero padding) -> phrases [B, Np, D], sentence [B, D]."""
         if token_ids.dim() != 2 or token_ids.shape[1] != self.config.max_words:
             raise ValueError(f"token_ids must be [B, {self.config.max_words}], got {list(token_ids.shape)}")
-        words = self.clip.encode_tokens(token_ids)  # [B, W, D]; padding positions included on purpose
-        phrases = self.word_prototype_weight.pool(words)
+        words = self.clip.encode_tokens(token_ids)  # [B, W, D]
+        caption = (token_ids != 0).to(words.dtype)  # SOT..EOT
+        # Official code: every position feeds the phrases, padding included (it has attended to the whole caption).
+        keep = caption if self.config.head.phrase_tokens == "caption" else None
+        phrases = self.word_prototype_weight.pool(words, keep)
         # s = G at EOT, the last non-pad position (= sum(mask) - 1 upstream). Positions are small floats, exact even
         # in fp16, and the pick is a one-hot sum: no ArgMax and no data-dependent shapes in the exported graph.
         positions = torch.arange(token_ids.shape[1], device=token_ids.device, dtype=words.dtype)
-        eot = (positions * (token_ids != 0).to(words.dtype)).amax(dim=-1, keepdim=True)  # [B, 1]
+        eot = (positions * caption).amax(dim=-1, keepdim=True)  # [B, 1]
         sentence = (words * (positions == eot).unsqueeze(-1).to(words.dtype)).sum(dim=1)
         return TextPrototypes(l2_normalize(phrases), l2_normalize(sentence))
 

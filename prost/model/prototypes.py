@@ -12,9 +12,14 @@ class PrototypeWeights(nn.Sequential):
     def __init__(self, dim: int, prototypes: int) -> None:
         super().__init__(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, prototypes), nn.ReLU())
 
-    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [N, T, D] -> prototypes [N, K, D] = A^T H, with no normalisation of A (official code)."""
+    def pool(self, tokens: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [N, T, D] -> prototypes [N, K, D] = A^T H, with no normalisation of A (official code).
+
+        `keep` [N, T] (0/1, tokens' dtype) zeroes the weights of the other positions.
+        """
         weights = self(tokens)  # [N, T, K]
+        if keep is not None:
+            weights = weights * keep.unsqueeze(-1)
         return weights.transpose(1, 2) @ tokens
 
 
