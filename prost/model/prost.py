@@ -28,6 +28,11 @@ class TextPrototypes(NamedTuple):
     sentence: torch.Tensor  # [B, D]
 
 
+def _full_precision(like: torch.Tensor):
+    """Autocast off: prototype pooling and normalisation run in fp32, as S_op's margins (~1e-2) are near bf16's step."""
+    return torch.autocast(like.device.type, enabled=False)
+
+
 class ProstModel(nn.Module):
     """ProST (ICCV 2023). Attribute names equal the official checkpoint's top-level keys."""
 
@@ -49,17 +54,25 @@ class ProstModel(nn.Module):
         if frames.dim() != 5 or frames.shape[1] != frames_per_video:
             raise ValueError(f"frames must be [B, {frames_per_video}, 3, S, S], got {list(frames.shape)}")
         images = frames.reshape(-1, *frames.shape[2:])  # [B*L, 3, S, S]; all L frames of a video in one pass
-        objects = object_prototypes(self.patch_prototype_weight, self.clip.visual(images))  # [B*L, No, D]
+        tokens = self.clip.visual(images)
+        with _full_precision(tokens):
+            objects = object_prototypes(self.patch_prototype_weight, tokens.float())  # [B*L, No, D]
         objects = objects.reshape(-1, frames_per_video, objects.shape[1], objects.shape[2])
         frame_cls = objects[:, :, 0]  # [B, L, D]
         events = self.event_decoder(self.frame_decoder(objects), frame_cls)
-        return VideoPrototypes(l2_normalize(objects), l2_normalize(events))
+        with _full_precision(events):
+            return VideoPrototypes(l2_normalize(objects), l2_normalize(events.float()))
 
     def encode_text(self, token_ids: torch.Tensor) -> TextPrototypes:
         """token_ids [B, W] (SOT, tokens, EOT, zero padding) -> phrases [B, Np, D], sentence [B, D]."""
         if token_ids.dim() != 2 or token_ids.shape[1] != self.config.max_words:
             raise ValueError(f"token_ids must be [B, {self.config.max_words}], got {list(token_ids.shape)}")
         words = self.clip.encode_tokens(token_ids)  # [B, W, D]
+        with _full_precision(words):
+            return self._text_prototypes(words.float(), token_ids)
+
+    def _text_prototypes(self, words: torch.Tensor, token_ids: torch.Tensor) -> TextPrototypes:
+        """Phrase prototypes and the EOT sentence feature from the text tower's output at every position."""
         caption = (token_ids != 0).to(words.dtype)  # SOT..EOT
         # Official code: every position feeds the phrases, padding included (it has attended to the whole caption).
         keep = caption if self.config.head.phrase_tokens == "caption" else None
