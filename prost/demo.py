@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m prost.demo", description=__doc__)
     parser.add_argument("--workdir", type=Path, default=Path("demo"))
     parser.add_argument("--videos", type=int, default=3000, help="synthetic videos (600 test at the default)")
-    parser.add_argument("--train-minutes", type=float, default=8.0, help="training time budget")
+    parser.add_argument("--train-minutes", type=float, default=9.0, help="training time budget")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     started = time.monotonic()
