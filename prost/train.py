@@ -41,7 +41,7 @@ from torch import nn
 
 from prost.checkpoint import load_clip_weights, load_model, save_model
 from prost.config import ProstConfig, parse_overrides
-from prost.data.datasets import ClipDataset, ClipLoader, load_split
+from prost.data.datasets import ClipDataset, ClipLoader, clip_key, load_split
 from prost.data.sampling import EpochBatches, HardNegativeSampler
 from prost.distributed import AllGather, Dist, init_distributed
 from prost.errors import ConfigError, DataError
@@ -228,9 +228,10 @@ def load_training_clips(config: TrainConfig, workers: int) -> ClipDataset:
     items = load_split(config.data, config.split, layout=config.layout)
     num_frames, image_size = model.head.num_frames, model.vision.image_size
     if config.frame_cache:
-        need = len(items) * num_frames * 3 * image_size ** 2  # uint8 bytes at most
+        clips = len({clip_key(item) for item in items})
+        need = clips * num_frames * 3 * image_size ** 2  # uint8 bytes at most
         if need > FRAME_CACHE_MAX_BYTES:
-            raise ConfigError(f"the frame cache of {len(items)} clips would take {need / 2**30:.1f} GiB "
+            raise ConfigError(f"the frame cache of {clips} clips would take {need / 2**30:.1f} GiB "
                               f"(limit {FRAME_CACHE_MAX_BYTES / 2**30:.0f} GiB); train with --no-frame-cache")
     data = ClipDataset(items, num_frames, image_size, model.max_words, train=True, seed=config.seed,
                        cache_bytes=FRAME_CACHE_MAX_BYTES if config.frame_cache else 0, sample_fps=model.sample_fps)
@@ -506,7 +507,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--val-split", help="validation split (default val)")
     p.add_argument("--no-frame-cache", dest="frame_cache", action="store_false", default=None,
-                   help="decode clips every epoch instead of keeping their frames in memory")
+                   help="decode clips every epoch instead of keeping their frames in memory (each clip is still "
+                        "decoded once up front, to drop unreadable videos before the first batch)")
     p.add_argument("--hard-negatives", type=int, metavar="G",
                    help="group each video with its G-1 most similar-captioned videos in a batch (default 0: off)")
     p.add_argument("--init-logit-scale", type=float,

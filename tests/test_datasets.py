@@ -9,7 +9,6 @@ import logging
 import numpy as np
 import pytest
 import torch
-
 from torch.utils.data import DistributedSampler
 
 from prost.data.datasets import ClipDataset, ClipLoader, FrameCache, VideoItem, load_split
@@ -179,8 +178,8 @@ def test_unreadable_video_is_skipped_with_one_warning(clips, caplog):
         assert batches[0]["frames"].shape == (3, L, 3, S, S) and "skipped" not in batches[0]
     per_file = [r.getMessage() for r in caplog.records if "v3.mp4" in r.getMessage()]
     assert len(per_file) == 1 and "skipping unreadable video" in per_file[0]
-    summaries = [r.getMessage() for r in caplog.records if "in this epoch" in r.getMessage()]
-    assert summaries == ["skipped 1 samples of unreadable videos in this epoch"] * 2
+    summaries = [r.getMessage() for r in caplog.records if "samples" in r.getMessage()]
+    assert summaries == ["skipped 1 samples of unreadable videos"] * 2
     assert dataset.skipped == {clips[3].path}
 
 
@@ -200,7 +199,24 @@ def test_preload_drops_unreadable_videos_up_front_with_one_warning_each(clips, c
     assert [dataset[i]["video_index"] for i in range(len(dataset))] == list(range(6))
     per_file = [r.getMessage() for r in caplog.records if "v3.mp4" in r.getMessage()]
     assert len(per_file) == 1 and "skipping unreadable video" in per_file[0]
-    assert "skipped 1 unreadable videos of 7" in [r.getMessage() for r in caplog.records]
+    assert "skipped 1 unreadable videos of 7 (1 items)" in [r.getMessage() for r in caplog.records]
+
+
+def test_preload_decodes_each_clip_once_and_later_failures_raise(clips, monkeypatch):
+    """Items sharing a clip (MSR-VTT --expand) decode once; after the check a failing clip is an error, not a
+    smaller batch (the DDP all-gather needs equal batches)."""
+    import prost.data.datasets as datasets
+
+    decoded = []
+    read = datasets.read_frames
+    monkeypatch.setattr(datasets, "read_frames", lambda path, *a, **k: decoded.append(path) or read(path, *a, **k))
+    expanded = [item for item in clips for _ in range(3)]  # three items per video
+    dataset = ClipDataset(expanded, L, S, W, train=True)
+    dataset.preload()
+    assert sorted(decoded) == sorted(item.path for item in clips) and len(dataset) == 18
+    clips[0].path.unlink()
+    with pytest.raises(DataError, match="v0.mp4"):
+        dataset[0]  # no cache: decoded again, and the file is gone
 
 
 def test_preloaded_frames_serve_later_epochs_without_the_files(clips):

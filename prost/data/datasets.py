@@ -180,8 +180,16 @@ _LOADERS: dict[str, Callable[[Path, str, Path | None], list[VideoItem]]] = {
 }
 
 
+ClipKey = tuple[Path, float | None, float | None]
+
+
+def clip_key(item: VideoItem) -> ClipKey:
+    """What identifies a decoded clip: the file and the time window."""
+    return item.path, item.start, item.end
+
+
 class FrameCache:
-    """LRU of decoded uint8 frames and source indices, bounded in bytes; every loader worker holds its own."""
+    """LRU of decoded uint8 frames and source indices, bounded in bytes; a worker process fills its own copy."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes, self.bytes = max_bytes, 0
@@ -219,6 +227,7 @@ class ClipDataset(Dataset):
         self.num_frames, self.image_size, self.sample_fps = num_frames, image_size, sample_fps
         self.train, self.seed, self.epoch = train, seed, 0
         self.skipped: set[Path] = set()  # unreadable videos met by this process
+        self.checked = False  # set by `preload`
         self.cache = FrameCache(cache_bytes)
         self._select(list(items), [torch.from_numpy(tokenize(list(i.captions), context_length)) for i in items])
 
@@ -233,17 +242,24 @@ class ClipDataset(Dataset):
         self.epoch = epoch
 
     def preload(self, workers: int = 0) -> None:
-        """Decode every item once with up to `workers` processes, filling the cache, and drop unreadable videos, so
-        that every later batch is full (the DDP all-gather needs equal batches) and no epoch meets a bad file."""
-        loader = DataLoader(range(len(self.items)), batch_size=None, num_workers=workers, collate_fn=self._read)
-        keep = []
-        for index, entry in enumerate(loader):
+        """Decode each distinct clip once with up to `workers` processes, filling the cache, and drop the items of
+        unreadable videos, so every later batch is full (the DDP all-gather needs equal batches). Afterwards a clip
+        that fails to decode raises instead of shrinking a batch."""
+        first: dict[ClipKey, int] = {}
+        for index, item in enumerate(self.items):
+            first.setdefault(clip_key(item), index)
+        loader = DataLoader(list(first.values()), batch_size=None, num_workers=workers, collate_fn=self._read)
+        readable = set()
+        for key, entry in zip(first, loader):
             if entry is not None:
-                self.cache.put(self._key(self.items[index]), entry)
-                keep.append(index)
-        if len(keep) < len(self.items):
-            logger.warning("skipped %d unreadable videos of %d", len(self.items) - len(keep), len(self.items))
+                self.cache.put(key, entry)
+                readable.add(key)
+        keep = [i for i, item in enumerate(self.items) if clip_key(item) in readable]
+        if len(readable) < len(first):
+            logger.warning("skipped %d unreadable videos of %d (%d items)", len(first) - len(readable), len(first),
+                           len(self.items) - len(keep))
         self._select([self.items[i] for i in keep], [self.tokens[i] for i in keep])
+        self.checked = True
 
     def __len__(self) -> int:
         return len(self.items)
@@ -262,30 +278,28 @@ class ClipDataset(Dataset):
             "video_index": self.video_indices[index],
         }
 
-    @staticmethod
-    def _key(item: VideoItem) -> tuple[Path, float | None, float | None]:
-        return item.path, item.start, item.end
-
     def _frames(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
         """The item's uint8 frames and source indices, from the cache when there; None for an unreadable video."""
         item = self.items[index]
         if item.path in self.skipped:
             return None
-        entry = self.cache.get(self._key(item))
+        entry = self.cache.get(clip_key(item))
         if entry is None:
-            entry = self._read(index)
+            entry = self._decode(item) if self.checked else self._read(index)  # after `preload`, failures raise
             if entry is None:
                 self.skipped.add(item.path)
                 return None
-            self.cache.put(self._key(item), entry)
+            self.cache.put(clip_key(item), entry)
         return entry
+
+    def _decode(self, item: VideoItem) -> tuple[np.ndarray, np.ndarray]:
+        return read_frames(item.path, self.num_frames, self.image_size, item.start, item.end,
+                           sample_fps=self.sample_fps)
 
     def _read(self, index: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Decode an item's clip, or None with one warning line when its video cannot be decoded."""
-        item = self.items[index]
         try:
-            return read_frames(item.path, self.num_frames, self.image_size, item.start, item.end,
-                               sample_fps=self.sample_fps)
+            return self._decode(self.items[index])
         except DataError as exc:
             logger.warning("skipping unreadable video: %s", exc)
             return None
@@ -313,4 +327,4 @@ class ClipLoader(DataLoader):
             if batch:
                 yield batch
         if skipped:
-            logger.warning("skipped %d samples of unreadable videos in this epoch", skipped)
+            logger.warning("skipped %d samples of unreadable videos", skipped)
