@@ -100,9 +100,6 @@ def caption_queries(items: Sequence, video_ids: Sequence[str]) -> tuple[list[str
     """Every caption of `items` whose video is in the gallery, with its video's column (captions may share one)."""
     column = {vid: i for i, vid in enumerate(video_ids)}
     kept = [item for item in items if item.video_id in column]
-    left_out = sum(len(item.captions) for item in items) - sum(len(item.captions) for item in kept)
-    if left_out:
-        log.warning("left out %d captions of videos missing from the gallery (unreadable)", left_out)
     texts = [text for item in kept for text in item.captions]
     targets = [column[item.video_id] for item in kept for _ in item.captions]
     return texts, np.asarray(targets, dtype=np.int64)
@@ -129,6 +126,12 @@ def evaluate(model: ProstModel, items: Sequence, *, mode: str = "full", beta: fl
     main = select(scores, mode, beta)
     result: dict[str, Any] = {"mode": mode, "beta": beta if mode == "full" else None, "videos": len(video_ids),
                               "captions": len(texts), **retrieval_metrics(main, targets)}
+    gallery_ids = set(video_ids)
+    missing = [item for item in items if item.video_id not in gallery_ids]
+    if missing:  # unreadable videos: the gallery is smaller than the split, so say so in the result
+        result["left_out"] = {"videos": len({item.video_id for item in missing}),
+                              "captions": sum(len(item.captions) for item in missing)}
+        log.warning("left out %(videos)d unreadable videos and their %(captions)d captions", result["left_out"])
     if result["t2v"]["tied"] or result["v2t"]["tied"]:  # the other bound, so a collapsed model cannot hide
         result["pessimistic_ties"] = retrieval_metrics(main, targets, ties="pessimistic")
     if beta_sweep:
@@ -154,6 +157,10 @@ def report(result: dict[str, Any]) -> str:
             text += (f"\nwarning: {result[direction]['tied']} {direction} queries tie their ground truth with another "
                      "item (identical captions or videos, or degenerate scores); the table counts ties in the query's "
                      "favour (official rule)")
+    if "left_out" in result:
+        left_out = result["left_out"]
+        text += (f"\nwarning: {left_out['videos']} unreadable videos and their {left_out['captions']} captions are "
+                 "left out; these numbers are not comparable with a full split")
     if "pessimistic_ties" in result:
         text += "\nwith ties counted against the query:\n" + format_table({name: result["pessimistic_ties"]})
     if "hungarian" in result:

@@ -10,7 +10,7 @@ from prost.checkpoint import save_model
 from prost.data.datasets import load_split
 from prost.data.synthetic import generate
 from prost.data.video import decode_video
-from prost.evaluate import SWEEP_BETAS, encode_captions, encode_gallery, evaluate, select
+from prost.evaluate import SWEEP_BETAS, encode_captions, encode_gallery, evaluate, report, select
 from prost.factory import create_model, preset_config
 from prost.metrics import TRANSDUCTIVE_LABEL, retrieval_metrics
 from prost.tokenizer import tokenize
@@ -104,3 +104,5 @@ def test_gallery_decodes_as_training_and_leaves_out_unreadable_videos(synth, tmp
         assert torch.allclose(video.objects[0], model.encode_video(expected[None]).objects[0], atol=1e-6)
     result = evaluate(model, items, gallery=(ids, video))
     assert result["videos"] == 2 and result["captions"] == len(items[0].captions) + len(items[2].captions)
+    assert result["left_out"] == {"videos": 1, "captions": len(items[1].captions)}
+    assert "1 unreadable videos and their 2 captions are left out" in report(result)
