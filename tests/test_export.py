@@ -122,6 +122,23 @@ def test_large_graphs_use_external_data(tiny_export, tmp_path):
     compare(run_torch(model, "text_prototypes", inputs), run_onnx(onnx_session(path), inputs))
 
 
+def test_caption_phrase_tokens_export_within_the_gate(tmp_path):
+    """The paper's phrase pooling (a mask from the ids, no data-dependent shapes) passes the parity gate."""
+    from prost.factory import preset_config
+
+    model = prost.create_model(preset_config("tiny").replace(**{"head.phrase_tokens": "caption"}), seed=3)
+    out = export_onnx(model, tmp_path, parity_batches=(1, 3))  # raises ParityError past the gate
+    text = onnx.load(str(out / "text_prototypes.onnx")).graph
+    assert "ArgMax" not in {node.op_type for node in text.node}
+    inputs = example_inputs(graph_specs(model.config)["text_prototypes"], batch=2, seed=4)
+    official = prost.create_model("tiny", seed=3)
+    official.load_state_dict(model.state_dict())
+    served = run_onnx(onnx_session(out / "text_prototypes.onnx"), inputs)
+    compare(run_torch(model, "text_prototypes", inputs), served)
+    with pytest.raises(ParityError):  # the graph holds the caption mask: the official pooling gives other phrases
+        compare(run_torch(official, "text_prototypes", inputs), served)
+
+
 def test_export_cli_from_a_checkpoint(tmp_path):
     from prost.cli import main
 

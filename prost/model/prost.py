@@ -29,7 +29,8 @@ class TextPrototypes(NamedTuple):
 
 
 def _full_precision(like: torch.Tensor):
-    """Autocast off: prototype pooling and normalisation run in fp32, as S_op's margins (~1e-2) are near bf16's step."""
+    """Autocast off: the prototype-weight MLPs, pooling and normalisation run in fp32 (S_op's margins, ~1e-2 in
+    cosine, are near bf16's resolution); the towers and decoders stay under autocast."""
     return torch.autocast(like.device.type, enabled=False)
 
 
