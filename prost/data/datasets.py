@@ -229,7 +229,9 @@ class ClipDataset(Dataset):
         self.skipped: set[Path] = set()  # unreadable videos met by this process
         self.checked = False  # set by `preload`
         self.cache = FrameCache(cache_bytes)
-        self._select(list(items), [torch.from_numpy(tokenize(list(i.captions), context_length)) for i in items])
+        # Training draws among all captions; otherwise only the first is used, so only it is tokenized.
+        self._select(list(items), [torch.from_numpy(tokenize(list(i.captions if train else i.captions[:1]),
+                                                             context_length)) for i in items])
 
     def _select(self, items: list[VideoItem], tokens: list[torch.Tensor]) -> None:
         """Hold `items` with their token ids [captions, W] int32; video indices number their distinct videos."""
