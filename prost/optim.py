@@ -38,7 +38,9 @@ def parameter_groups(model: nn.Module, lr: float, clip_lr_coef: float, weight_de
 
 
 def clip_gradients(params: list[nn.Parameter], max_norm: float, mode: str) -> None:
-    """Clip each tensor's gradient to `max_norm` (official, per tensor) or all of them to one global norm."""
+    """Clip each tensor's gradient to `max_norm` (official, per tensor) or all of them to one global norm; 0 is off."""
+    if max_norm == 0:
+        return  # torch would scale every gradient by 0 / norm: a silent freeze, not "no clipping"
     grads = [p for p in params if p.grad is not None]
     if mode == "global":
         torch.nn.utils.clip_grad_norm_(grads, max_norm)

@@ -75,7 +75,7 @@ class TrainConfig:
     clip_lr_coef: float = SCRATCH_CLIP_LR_COEF  # `clip.` parameters train at lr * clip_lr_coef
     weight_decay: float = 0.2  # on every parameter whose name lacks "bias" (official grouping)
     warmup: float = 0.1  # fraction of the steps with a linear warmup
-    grad_clip: float = 1.0  # max gradient norm
+    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
     clip_mode: str = "per-tensor"  # official: each parameter tensor clipped on its own; "global": one norm
     grad_accum: int = 1  # micro-batches per optimizer step (each micro-batch has its own negatives)
     precision: str = "fp32"  # autocast dtype: fp32 (off), bf16 (CPU or CUDA), fp16 (CUDA only)
@@ -100,6 +100,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
         if not 0.0 <= self.warmup < 1.0:
             raise ConfigError(f"warmup must be in [0, 1), got {self.warmup}")
 
@@ -499,7 +501,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                    f"{PRETRAINED_CLIP_LR_COEF:g} pretrained)")
     p.add_argument("--weight-decay", type=float, help="default 0.2")
     p.add_argument("--warmup", type=float, help="warmup fraction (default 0.1)")
-    p.add_argument("--grad-clip", type=float, help="max gradient norm (default 1.0)")
+    p.add_argument("--grad-clip", type=float, help="max gradient norm (default 1.0; 0: off)")
     p.add_argument("--clip-mode", choices=CLIP_MODES, help="per-tensor (official, default) or global norm")
     p.add_argument("--grad-accum", type=int, help="micro-batches per step (default 1)")
     p.add_argument("--precision", choices=PRECISIONS, help="autocast: fp32 (default), bf16, fp16 (CUDA only)")

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from prost.errors import ConfigError
 from prost.factory import create_model
 from prost.loss import MAX_LOGIT_SCALE
 from prost.optim import clamp_logit_scale, clip_gradients, make_optimizer, parameter_groups, warmup_cosine
@@ -60,6 +61,11 @@ def test_gradient_clipping_per_tensor_and_global():
         else:
             assert torch.cat([a.grad, b.grad]).norm() == pytest.approx(1.0)
             assert a.grad[0] / b.grad[0] == pytest.approx(30.0)  # one common factor
+        a.grad, b.grad = torch.full((4,), 3.0), torch.full((9,), 0.1)
+        clip_gradients([a, b], 0.0, mode)  # 0 is off; torch's own clip at 0 would zero every gradient
+        assert torch.equal(a.grad, torch.full((4,), 3.0)) and torch.equal(b.grad, torch.full((9,), 0.1))
+    with pytest.raises(ConfigError, match="grad_clip must be >= 0"):
+        TrainConfig.create(create_model("tiny", seed=0).config, "d", grad_clip=-1.0)
 
 
 def test_logit_scale_clamp():
