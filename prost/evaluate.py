@@ -19,6 +19,7 @@ import torch
 
 from prost.data.datasets import ClipDataset, ClipLoader
 from prost.errors import ConfigError, DataError
+from prost.loss import ranking_mode
 from prost.metrics import format_table, hungarian_r1, retrieval_metrics
 from prost.model.prost import ProstModel, TextPrototypes, VideoPrototypes
 from prost.model.similarity import Similarity, similarity
@@ -170,10 +171,10 @@ def report(result: dict[str, Any]) -> str:
 
 
 def trained_mode(checkpoint: Path) -> str:
-    """The similarity a run was trained on (its --loss), or "full" for checkpoints without a training config."""
+    """The similarity a run was trained on (from its --loss), or "full" for checkpoints without a training config."""
     path = Path(checkpoint) / TRAIN_CONFIG_FILE
     if path.is_file():
-        return json.loads(path.read_text()).get("loss", "full")
+        return ranking_mode(json.loads(path.read_text()).get("loss", "full"))
     return "full"
 
 

@@ -1,4 +1,5 @@
-"""The official ProST training loss: the mean of four InfoNCE terms over S_es and S_op, both directions."""
+"""ProST training losses: the official mean of four InfoNCE terms over S_es and S_op, both directions, and the
+opt-in InfoNCE of the served score S_es + beta * S_op."""
 
 from __future__ import annotations
 
@@ -19,3 +20,15 @@ def prost_loss(s_es: torch.Tensor, s_op: torch.Tensor, logit_scale: torch.Tensor
     """[CE(Z_es) + CE(Z_es^T) + CE(Z_op) + CE(Z_op^T)] / 4 with Z = exp(logit_scale) * S."""
     scale = logit_scale.exp()
     return (symmetric_infonce(s_es, scale) + symmetric_infonce(s_op, scale)) / 4
+
+
+def combined_loss(s_es: torch.Tensor, s_op: torch.Tensor, beta: float, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Not official: [CE(Z) + CE(Z^T)] / 2 with Z = exp(logit_scale) * (S_es + beta * S_op), the score that is served,
+    so S_op learns what S_es misses instead of its own ranking."""
+    return symmetric_infonce(s_es + beta * s_op, logit_scale.exp()) / 2
+
+
+def ranking_mode(loss: str) -> str:
+    """The similarity a training loss optimises, as `prost eval --mode` names it: both losses over S_es and S_op
+    rank by the full score."""
+    return "full" if loss == "combined" else loss

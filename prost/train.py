@@ -46,14 +46,14 @@ from prost.data.sampling import EpochBatches, HardNegativeSampler
 from prost.distributed import AllGather, Dist, init_distributed
 from prost.errors import ConfigError, DataError
 from prost.factory import create_model, preset_config
-from prost.loss import prost_loss, symmetric_infonce
+from prost.loss import combined_loss, prost_loss, ranking_mode, symmetric_infonce
 from prost.model.prost import ProstModel
 from prost.model.similarity import event_sentence, object_phrase
 from prost.optim import clamp_logit_scale, clip_gradients, make_optimizer
 
 log = logging.getLogger(__name__)
 
-LOSSES = ("full", "es", "op")
+LOSSES = ("full", "combined", "es", "op")
 PRECISIONS = ("fp32", "bf16", "fp16")
 CLIP_MODES = ("per-tensor", "global")
 PRETRAINED_LR, PRETRAINED_CLIP_LR_COEF, PRETRAINED_EPOCHS = 1e-4, 1e-3, 5
@@ -79,7 +79,7 @@ class TrainConfig:
     clip_mode: str = "per-tensor"  # official: each parameter tensor clipped on its own; "global": one norm
     grad_accum: int = 1  # micro-batches per optimizer step (each micro-batch has its own negatives)
     precision: str = "fp32"  # autocast dtype: fp32 (off), bf16 (CPU or CUDA), fp16 (CUDA only)
-    loss: str = "full"  # full: 4 InfoNCE terms; es / op: only the S_es / S_op pair (ablations)
+    loss: str = "full"  # full: 4 InfoNCE terms (official); combined: InfoNCE of S_es + beta*S_op; es / op: ablations
     seed: int = 0
     split: str = "train"
     val_split: str = "val"  # validated after every epoch; skipped when the split is empty
@@ -142,7 +142,7 @@ class Encoders(nn.Module):
 
 
 def contrastive_loss(encoders: nn.Module, frames: torch.Tensor, token_ids: torch.Tensor, loss: str, precision: str,
-                     world: int) -> torch.Tensor:
+                     world: int, beta: float = 1.0) -> torch.Tensor:
     """The training loss of one batch; prototypes are gathered over ranks and scored in fp32."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     autocast = torch.autocast(frames.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
@@ -156,7 +156,10 @@ def contrastive_loss(encoders: nn.Module, frames: torch.Tensor, token_ids: torch
         return symmetric_infonce(event_sentence(sentence, events), logit_scale.exp()) / 2
     if loss == "op":
         return symmetric_infonce(object_phrase(phrases, objects), logit_scale.exp()) / 2
-    return prost_loss(event_sentence(sentence, events), object_phrase(phrases, objects), logit_scale)
+    s_es, s_op = event_sentence(sentence, events), object_phrase(phrases, objects)
+    if loss == "combined":
+        return combined_loss(s_es, s_op, beta, logit_scale)
+    return prost_loss(s_es, s_op, logit_scale)
 
 
 # ------------------------------------------------------------------------------------------------- state
@@ -385,7 +388,7 @@ class Trainer:
         sync = contextlib.nullcontext() if last or env.world == 1 else self.encoders.no_sync()
         with sync:
             loss = contrastive_loss(self.encoders, frames.to(env.device), token_ids.to(env.device), config.loss,
-                                    config.precision, env.world)
+                                    config.precision, env.world, config.model.beta)
             self.scaler.scale(loss / config.grad_accum).backward()
         return loss.item()
 
@@ -447,10 +450,11 @@ def _val_items(config: TrainConfig) -> list:
 
 
 def _validate(model: ProstModel, items: list, config: TrainConfig, metrics: MetricsLog, step: int, epoch: int) -> None:
-    """Validation R@1 of the trained similarity; a full-loss run also logs its S_es-only and S_op-only R@1."""
+    """Validation R@1 of the trained similarity; a run ranked by the full score also logs S_es-only and S_op-only R@1."""
     from prost.evaluate import evaluate
 
-    result = evaluate(model, items, mode=config.loss, workers=config.workers, beta_sweep=config.loss == "full")
+    mode = ranking_mode(config.loss)
+    result = evaluate(model, items, mode=mode, workers=config.workers, beta_sweep=mode == "full")
     branches = {m: r["t2v"]["R@1"] for m, r in result.get("ablations", {}).items()}
     metrics.write(kind="val", step=step, epoch=epoch, split=config.val_split, mode=config.loss,
                   t2v=result["t2v"], v2t=result["v2t"], **({"branch_t2v_r1": branches} if branches else {}))
@@ -505,7 +509,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-mode", choices=CLIP_MODES, help="per-tensor (official, default) or global norm")
     p.add_argument("--grad-accum", type=int, help="micro-batches per step (default 1)")
     p.add_argument("--precision", choices=PRECISIONS, help="autocast: fp32 (default), bf16, fp16 (CUDA only)")
-    p.add_argument("--loss", choices=LOSSES, help="full (default) or the es / op ablation")
+    p.add_argument("--loss", choices=LOSSES, help="full (default, official: four InfoNCE terms), combined (not official: "
+                   "InfoNCE of the served S_es + beta*S_op), or the es / op ablation")
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--val-split", help="validation split (default val)")
     p.add_argument("--no-frame-cache", dest="frame_cache", action="store_false", default=None,

@@ -281,6 +281,17 @@ def test_loss_is_the_mean_of_four_infonce_terms():
     assert torch.allclose(prost_loss(s_es, s_op, scale), expected)
 
 
+def test_combined_loss_is_infonce_of_the_served_score():
+    from prost.loss import combined_loss
+
+    g = torch.Generator().manual_seed(0)
+    s_es, s_op = torch.randn(4, 4, generator=g), torch.randn(4, 4, generator=g)
+    ce, labels = torch.nn.functional.cross_entropy, torch.arange(4)
+    served = 100 * (s_es + 1.5 * s_op)
+    expected = (ce(served, labels) + ce(served.t(), labels)) / 2
+    assert torch.allclose(combined_loss(s_es, s_op, 1.5, torch.tensor(100.0).log()), expected)
+
+
 @pytest.mark.parametrize("heads", [1, 4])
 def test_attention_matches_torch_multihead_attention(heads):
     """Our export-friendly attention equals nn.MultiheadAttention (the official module) with the same weights."""

@@ -80,6 +80,24 @@ def test_cli_train_then_resume_rejects_changed_settings(synth, tmp_path):
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # already complete: nothing to do
 
 
+def test_combined_loss_trains_both_branches_and_ranks_by_the_full_score(synth, tmp_path):
+    from prost.evaluate import trained_mode
+
+    config = small_config(synth, loss="combined", epochs=1)
+    train(config, tmp_path / "run", progress=False)
+    train(small_config(synth, epochs=1), tmp_path / "official", progress=False)
+    trained = load_file(str(tmp_path / "run" / "model.safetensors"))
+    official = load_file(str(tmp_path / "official" / "model.safetensors"))
+    initial = create_model(config.model, seed=config.seed).state_dict()
+    for branch in ("patch_prototype_weight.2.weight", "word_prototype_weight.2.weight", "event_decoder.V"):
+        assert not torch.equal(trained[branch], initial[branch]), branch
+        assert not torch.equal(trained[branch], official[branch]), branch  # another loss, other gradients
+    assert trained_mode(tmp_path / "run") == "full"
+    records = [json.loads(line) for line in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
+    val = [r for r in records if r["kind"] == "val"][-1]
+    assert val["mode"] == "combined" and set(val["branch_t2v_r1"]) == {"es", "op"}
+
+
 def test_training_drops_unreadable_videos_up_front_with_and_without_the_frame_cache(tmp_path):
     root = generate(tmp_path / "synth", videos=12, seed=3, workers=1)
     items = load_split(root, "train")
