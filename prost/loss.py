@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from prost.model.similarity import combine
+
 MAX_LOGIT_SCALE = 4.6052  # ln(100): the learnable temperature is clamped here after every step
 
 
@@ -25,7 +27,7 @@ def prost_loss(s_es: torch.Tensor, s_op: torch.Tensor, logit_scale: torch.Tensor
 def combined_loss(s_es: torch.Tensor, s_op: torch.Tensor, beta: float, logit_scale: torch.Tensor) -> torch.Tensor:
     """Not official: [CE(Z) + CE(Z^T)] / 2 with Z = exp(logit_scale) * (S_es + beta * S_op), the score that is served,
     so S_op learns what S_es misses instead of its own ranking."""
-    return symmetric_infonce(s_es + beta * s_op, logit_scale.exp()) / 2
+    return symmetric_infonce(combine(s_es, s_op, beta).total, logit_scale.exp()) / 2
 
 
 def ranking_mode(loss: str) -> str:

@@ -11,8 +11,9 @@ Gradient accumulation sums micro-batches that each have their own negatives.
 Defaults depend on the starting point. With pretrained CLIP weights (`--clip-weights`) or `--init`, they are the
 official ones: lr 1e-4, CLIP lr 1e-4 * 1e-3 = 1e-7, 5 epochs. From scratch (the tiny preset on the synthetic set)
 a CLIP lr of 1e-7 would leave the towers random, so every parameter trains at lr `SCRATCH_LR` (coef 1) for
-`SCRATCH_EPOCHS` epochs. Not official, off by default: `--hard-negatives G` (batches of caption-similar groups) and
-`--init-logit-scale` (from scratch, the official ln(100) start can collapse S_op to a constant: see the op ablation).
+`SCRATCH_EPOCHS` epochs. Not official, off by default: `--loss combined` (InfoNCE of the served S_es + beta * S_op),
+`--hard-negatives G` (batches of caption-similar groups) and `--init-logit-scale` (from scratch, the official ln(100)
+start can collapse S_op to a constant: see the op ablation).
 
 A run directory holds our checkpoint (model.safetensors + config.json, rewritten every epoch and at the end),
 train_config.json, train_state.pt (optimizer, scheduler, RNG states, position; tensors and plain Python only, so it
@@ -100,7 +101,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.grad_clip < 0:
+        if not self.grad_clip >= 0:  # also rejects NaN
             raise ConfigError(f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
         if not 0.0 <= self.warmup < 1.0:
             raise ConfigError(f"warmup must be in [0, 1), got {self.warmup}")
@@ -142,7 +143,7 @@ class Encoders(nn.Module):
 
 
 def contrastive_loss(encoders: nn.Module, frames: torch.Tensor, token_ids: torch.Tensor, loss: str, precision: str,
-                     world: int, beta: float = 1.0) -> torch.Tensor:
+                     world: int, beta: float) -> torch.Tensor:
     """The training loss of one batch; prototypes are gathered over ranks and scored in fp32."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     autocast = torch.autocast(frames.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
@@ -456,7 +457,7 @@ def _validate(model: ProstModel, items: list, config: TrainConfig, metrics: Metr
     mode = ranking_mode(config.loss)
     result = evaluate(model, items, mode=mode, workers=config.workers, beta_sweep=mode == "full")
     branches = {m: r["t2v"]["R@1"] for m, r in result.get("ablations", {}).items()}
-    metrics.write(kind="val", step=step, epoch=epoch, split=config.val_split, mode=config.loss,
+    metrics.write(kind="val", step=step, epoch=epoch, split=config.val_split, mode=mode, loss=config.loss,
                   t2v=result["t2v"], v2t=result["v2t"], **({"branch_t2v_r1": branches} if branches else {}))
     log.info("epoch %d step %d: %s t2v R@1 %.1f R@5 %.1f, v2t R@1 %.1f%s", epoch, step, config.val_split,
              result["t2v"]["R@1"], result["t2v"]["R@5"], result["v2t"]["R@1"],

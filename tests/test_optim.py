@@ -64,8 +64,9 @@ def test_gradient_clipping_per_tensor_and_global():
         a.grad, b.grad = torch.full((4,), 3.0), torch.full((9,), 0.1)
         clip_gradients([a, b], 0.0, mode)  # 0 is off; torch's own clip at 0 would zero every gradient
         assert torch.equal(a.grad, torch.full((4,), 3.0)) and torch.equal(b.grad, torch.full((9,), 0.1))
-    with pytest.raises(ConfigError, match="grad_clip must be >= 0"):
-        TrainConfig.create(create_model("tiny", seed=0).config, "d", grad_clip=-1.0)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ConfigError, match="grad_clip must be >= 0"):
+            TrainConfig.create(create_model("tiny", seed=0).config, "d", grad_clip=bad)
 
 
 def test_logit_scale_clamp():

@@ -12,7 +12,8 @@ from prost.data.synthetic import generate
 from prost.errors import ConfigError
 from prost.factory import create_model, preset_config
 from prost.loss import MAX_LOGIT_SCALE
-from prost.train import METRICS_FILE, PLOT_FILE, STATE_FILE, TrainConfig, load_state, load_training_clips, train
+from prost.train import (METRICS_FILE, PLOT_FILE, STATE_FILE, Encoders, TrainConfig, contrastive_loss, load_state,
+                         load_training_clips, train)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,23 @@ def test_combined_loss_trains_both_branches_and_ranks_by_the_full_score(synth, t
     assert trained_mode(tmp_path / "run") == "full"
     records = [json.loads(line) for line in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
     val = [r for r in records if r["kind"] == "val"][-1]
-    assert val["mode"] == "combined" and set(val["branch_t2v_r1"]) == {"es", "op"}
+    assert val["mode"] == "full" and val["loss"] == "combined" and set(val["branch_t2v_r1"]) == {"es", "op"}
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_combined_loss_reaches_s_op_through_beta(beta):
+    """S_op's prototype weights get a gradient from the combined loss exactly when beta weighs S_op in."""
+    config = preset_config("tiny").replace(**{"vision.layers": 2, "text.layers": 1, "head.num_frames": 4,
+                                              "vision.image_size": 32})
+    model = create_model(config, seed=0)
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randn(3, 4, 3, 32, 32, generator=g)
+    ids = torch.zeros(3, config.max_words, dtype=torch.long)
+    ids[:, :6] = torch.randint(1, 1000, (3, 6), generator=g)
+    contrastive_loss(Encoders(model), frames, ids, "combined", "fp32", 1, beta).backward()
+    grad = model.word_prototype_weight[2].weight.grad
+    assert model.event_decoder.V.grad.abs().sum() > 0
+    assert (grad is not None and grad.abs().sum() > 0) == (beta > 0)
 
 
 def test_training_drops_unreadable_videos_up_front_with_and_without_the_frame_cache(tmp_path):
