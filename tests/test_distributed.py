@@ -113,4 +113,5 @@ def test_torchrun_trains_two_ranks_like_one_process(synth_train, tmp_path):
     moved = [k for k in b if not torch.equal(b[k], initial[k])]
     assert len(moved) > len(b) // 2
     ratios = {key: float((a[key] - b[key]).abs().mean() / (b[key] - initial[key]).abs().mean()) for key in moved}
-    assert max(ratios.values()) < 0.01, ratios
+    # Measured: 0.6% (Adam's eps sees the halved gradients); 8% with clipping at 1.0; 117% without the all-gather.
+    assert max(ratios.values()) < 0.02, ratios
