@@ -114,4 +114,4 @@ def test_torchrun_trains_two_ranks_like_one_process(synth_train, tmp_path):
     assert len(moved) > len(b) // 2
     ratios = {key: float((a[key] - b[key]).abs().mean() / (b[key] - initial[key]).abs().mean()) for key in moved}
     # Measured: 0.6% (Adam's eps sees the halved gradients); 8% with clipping at 1.0; 117% without the all-gather.
-    assert max(ratios.values()) < 0.02, ratios
+    assert max(ratios.values()) < 0.01, ratios
