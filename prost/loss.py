@@ -18,16 +18,20 @@ def symmetric_infonce(scores: torch.Tensor, scale: torch.Tensor) -> torch.Tensor
     return F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)
 
 
+def score_loss(scores: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """[CE(Z) + CE(Z^T)] / 2 with Z = exp(logit_scale) * S: the loss of one score matrix (the es / op ablations)."""
+    return symmetric_infonce(scores, logit_scale.exp()) / 2
+
+
 def prost_loss(s_es: torch.Tensor, s_op: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """[CE(Z_es) + CE(Z_es^T) + CE(Z_op) + CE(Z_op^T)] / 4 with Z = exp(logit_scale) * S."""
-    scale = logit_scale.exp()
-    return (symmetric_infonce(s_es, scale) + symmetric_infonce(s_op, scale)) / 4
+    return (score_loss(s_es, logit_scale) + score_loss(s_op, logit_scale)) / 2
 
 
 def combined_loss(s_es: torch.Tensor, s_op: torch.Tensor, beta: float, logit_scale: torch.Tensor) -> torch.Tensor:
     """Not official: [CE(Z) + CE(Z^T)] / 2 with Z = exp(logit_scale) * (S_es + beta * S_op), the score that is served,
     so S_op learns what S_es misses instead of its own ranking."""
-    return symmetric_infonce(combine(s_es, s_op, beta).total, logit_scale.exp()) / 2
+    return score_loss(combine(s_es, s_op, beta).total, logit_scale)
 
 
 def ranking_mode(loss: str) -> str:

@@ -47,7 +47,7 @@ from prost.data.sampling import EpochBatches, HardNegativeSampler
 from prost.distributed import AllGather, Dist, init_distributed
 from prost.errors import ConfigError, DataError
 from prost.factory import create_model, preset_config
-from prost.loss import combined_loss, prost_loss, ranking_mode, symmetric_infonce
+from prost.loss import combined_loss, prost_loss, ranking_mode, score_loss
 from prost.model.prost import ProstModel
 from prost.model.similarity import event_sentence, object_phrase
 from prost.optim import clamp_logit_scale, clip_gradients, make_optimizer
@@ -154,9 +154,9 @@ def contrastive_loss(encoders: nn.Module, frames: torch.Tensor, token_ids: torch
         tensors = [AllGather.apply(t) for t in tensors]  # batch-global negatives; gradients flow to the local slice
     objects, events, phrases, sentence = tensors
     if loss == "es":
-        return symmetric_infonce(event_sentence(sentence, events), logit_scale.exp()) / 2
+        return score_loss(event_sentence(sentence, events), logit_scale)
     if loss == "op":
-        return symmetric_infonce(object_phrase(phrases, objects), logit_scale.exp()) / 2
+        return score_loss(object_phrase(phrases, objects), logit_scale)
     s_es, s_op = event_sentence(sentence, events), object_phrase(phrases, objects)
     if loss == "combined":
         return combined_loss(s_es, s_op, beta, logit_scale)
