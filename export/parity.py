@@ -116,7 +116,7 @@ def check_random_parity(model: ProstModel, export_dir: Path, batch: int = 2, see
 
     report = ParityReport()
     for name, spec in graph_specs(model.config).items():
-        inputs = example_inputs(spec, batch=batch, seed=seed)
+        inputs = example_inputs(spec, batch=batch, seed=seed, videos=batch + 1)
         compare(run_torch(model, name, inputs), run_onnx(onnx_session(export_dir / spec.onnx_file), inputs),
                 report=report)
     return report
@@ -136,9 +136,10 @@ def onnx_backend(export_dir: Path, config: ProstConfig) -> Backend:
     return lambda graph, feeds: run_onnx(sessions[graph], feeds)
 
 
-def dataset_scores(config: ProstConfig, backend: Backend, data_dir: Path, split: str = "test", max_videos: int = 200,
-                   batch: int = 8) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Prototypes of a split's videos and first captions, and their similarity [T, V], all through one backend."""
+def dataset_inputs(config: ProstConfig, data_dir: Path, split: str = "test",
+                   max_videos: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded frames [V, L, 3, S, S] of a split's first `max_videos` videos and token ids [V, W] of their first
+    captions, as training decodes and tokenizes them."""
     from prost.data.datasets import load_split
     from prost.data.video import decode_video
     from prost.tokenizer import tokenize
@@ -146,7 +147,13 @@ def dataset_scores(config: ProstConfig, backend: Backend, data_dir: Path, split:
     items = load_split(data_dir, split)[:max_videos]
     frames = np.stack([decode_video(i.path, config.head.num_frames, config.vision.image_size, i.start, i.end,
                                     sample_fps=config.sample_fps).frames for i in items])
-    ids = tokenize([i.captions[0] for i in items], config.max_words)
+    return frames, tokenize([i.captions[0] for i in items], config.max_words)
+
+
+def dataset_scores(config: ProstConfig, backend: Backend, frames: np.ndarray, ids: np.ndarray,
+                   batch: int = 8) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Prototypes of videos and captions, and their similarity [T, V], all through one backend, which never sees more
+    than `batch` videos or texts in one call (a TensorRT profile's max)."""
     specs = graph_specs(config)
     outputs: dict[str, list[np.ndarray]] = {}
     for graph, array in (("video_prototypes", frames), ("text_prototypes", ids)):
@@ -156,15 +163,25 @@ def dataset_scores(config: ProstConfig, backend: Backend, data_dir: Path, split:
                 outputs.setdefault(out_name, []).append(value)
     prototypes = {name: np.concatenate(parts) for name, parts in outputs.items()}
     beta = np.array([config.beta], dtype=np.float32)
-    return prototypes, backend("similarity", {**prototypes, "BETA": beta})["SIMILARITY"]
+    text_names = [t.name for t in specs["text_prototypes"].outputs]
+    video_names = [t.name for t in specs["video_prototypes"].outputs]
+
+    def block(t: int, v: int) -> np.ndarray:
+        feeds = {**{n: prototypes[n][t : t + batch] for n in text_names},
+                 **{n: prototypes[n][v : v + batch] for n in video_names}, "BETA": beta}
+        return backend("similarity", feeds)["SIMILARITY"]
+
+    return prototypes, np.block([[block(t, v) for v in range(0, len(frames), batch)]
+                                 for t in range(0, len(ids), batch)])
 
 
 def check_dataset_parity(model: ProstModel, export_dir: Path, data_dir: Path, split: str = "test",
                          max_videos: int = 200) -> ParityReport:
     """Decoded videos and captions of a dataset: ONNX prototypes within the fp32 gate, identical top-10 rankings."""
     config = model.config
-    ref_protos, ref = dataset_scores(config, torch_backend(model), data_dir, split, max_videos)
-    got_protos, got = dataset_scores(config, onnx_backend(export_dir, config), data_dir, split, max_videos)
+    frames, ids = dataset_inputs(config, data_dir, split, max_videos)
+    ref_protos, ref = dataset_scores(config, torch_backend(model), frames, ids)
+    got_protos, got = dataset_scores(config, onnx_backend(export_dir, config), frames, ids)
     report = compare(ref_protos, got_protos)
     _check_rankings(ref, got)
     report.ranking_queries = len(ref)
@@ -172,13 +189,14 @@ def check_dataset_parity(model: ProstModel, export_dir: Path, data_dir: Path, sp
 
 
 def check_backend_retrieval(export_dir: Path, config: ProstConfig, data_dir: Path, backend: Backend,
-                            tolerance_points: float, split: str = "test", max_videos: int = 500) -> dict:
-    """A backend against ONNX Runtime on a dataset: identical top-10 rankings when `tolerance_points` is 0, else
-    text-to-video R@1/5/10 within that many points. Returns both metric sets."""
+                            tolerance_points: float, batch: int, split: str = "test", max_videos: int = 500) -> dict:
+    """A backend, fed at most `batch` items a call, against ONNX Runtime on a dataset: identical top-10 rankings when
+    `tolerance_points` is 0, else text-to-video R@1/5/10 within that many points. Returns both metric sets."""
     from prost.metrics import RECALL_KS, text_to_video
 
-    _, ref = dataset_scores(config, onnx_backend(export_dir, config), data_dir, split, max_videos)
-    _, got = dataset_scores(config, backend, data_dir, split, max_videos)
+    frames, ids = dataset_inputs(config, data_dir, split, max_videos)
+    _, ref = dataset_scores(config, onnx_backend(export_dir, config), frames, ids)
+    _, got = dataset_scores(config, backend, frames, ids, batch)
     truth = np.arange(len(ref))
     metrics = {"onnxruntime": text_to_video(ref, truth), "candidate": text_to_video(got, truth)}
     if tolerance_points == 0:

@@ -70,6 +70,11 @@ def plan_name(spec: GraphSpec, compute_capability: str) -> str:
     return f"{spec.name}.sm{compute_capability.replace('.', '')}.plan"
 
 
+def timing_cache_name(compute_capability: str) -> str:
+    """`timing.sm<cc>.cache`: timings are per GPU architecture, like the plans beside them."""
+    return f"timing.sm{compute_capability.replace('.', '')}.cache"
+
+
 def _shape(spec_shape: tuple, batch: int) -> tuple[int, ...]:
     return tuple(batch if isinstance(d, str) else d for d in spec_shape)
 
@@ -177,9 +182,14 @@ class EngineRunner:
         stream = torch.cuda.current_stream()
         keep = []
         for name in self.inputs:
+            expected = np.dtype(self._trt.nptype(self.engine.get_tensor_dtype(name)))
+            if feeds[name].dtype != expected:
+                raise ExportError(f"input {name} is {feeds[name].dtype}; the engine takes {expected}")
             tensor = torch.from_numpy(np.ascontiguousarray(feeds[name])).cuda()
             keep.append(tensor)
-            self.context.set_input_shape(name, tuple(tensor.shape))
+            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                raise ExportError(f"input {name} of shape {list(tensor.shape)} is outside the engine's optimization "
+                                  f"profile {self.engine.get_tensor_profile_shape(name, 0)} (min, opt, max)")
             self.context.set_tensor_address(name, tensor.data_ptr())
         results = {}
         for name in self.outputs:
@@ -203,8 +213,8 @@ def build_engines(export_dir: Path, *, precision: str = "fp32", profile: Profile
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
     config = ProstConfig.from_dict(manifest["config"])
-    timing_cache = timing_cache or export_dir / "timing.cache"
     cc = gpu_identity()["compute_capability"]
+    timing_cache = timing_cache or export_dir / timing_cache_name(cc)
     engines = {}
     for name, spec in graph_specs(config).items():
         log.info("building %s (%s, batch %d/%d/%d)", name, precision, profile.min, profile.opt, profile.max)
@@ -247,7 +257,9 @@ def check_engine_retrieval(export_dir: Path, config: ProstConfig, engines: dict,
 
     runners = {name: EngineRunner(export_dir / meta["file"], meta) for name, meta in engines.items()}
     tolerance = 0.0 if precision == "fp32" else FP16_RECALL_POINTS
-    return check_backend_retrieval(export_dir, config, data, lambda graph, feeds: runners[graph](feeds), tolerance)
+    batch = min(meta["profile"]["max"] for meta in engines.values())
+    return check_backend_retrieval(export_dir, config, data, lambda graph, feeds: runners[graph](feeds), tolerance,
+                                   batch)
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
@@ -257,7 +269,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-batch", type=int, default=1)
     parser.add_argument("--opt-batch", type=int, default=8)
     parser.add_argument("--max-batch", type=int, default=32)
-    parser.add_argument("--timing-cache", type=Path, help="timing cache file (default: EXPORT/timing.cache)")
+    parser.add_argument("--timing-cache", type=Path, help="timing cache file (default: EXPORT/timing.sm<cc>.cache)")
     parser.add_argument("--data", type=Path, help="dataset whose test split gates retrieval (R@K) parity")
     parser.set_defaults(func=_build_cmd)
 

@@ -100,11 +100,12 @@ def test_hygiene_rejects_ops_tensorrt_lacks(tmp_path):
         check_graph(path, spec)
 
 
-def test_hygiene_rejects_unknown_output_shapes(tmp_path):
+@pytest.mark.parametrize("declared", [[None, None], ["b", 4]], ids=["undeclared", "declared-but-not-inferable"])
+def test_hygiene_rejects_unknown_output_shapes(tmp_path, declared):
     node = helper.make_node("Reshape", ["X", "S"], ["Y"])
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["b", 4]),
                                             helper.make_tensor_value_info("S", TensorProto.INT64, [2])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, None])])
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, declared)])
     path = tmp_path / "reshape.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     spec = GraphSpec("reshape", (TensorSpec("X", "float32", ("b", 4)),), (TensorSpec("Y", "float32", ("b", 4)),))
@@ -168,3 +169,24 @@ def test_ranking_gate_on_decoded_synthetic_videos(tiny_export, tmp_path):
     report = check_dataset_parity(model, out, data, split="train", max_videos=16)
     assert report.ranking_queries == 16
     assert {r.name for r in report.rows} >= {p.OBJECT_PROTOTYPES, p.PHRASE_PROTOTYPES}
+
+
+def test_dataset_scores_in_blocks_equal_one_call(tiny_export, tmp_path):
+    """A backend fed at most 5 items a call (a TensorRT profile's max) scores the split as one call of 12 does."""
+    from prost.data.synthetic import generate
+    from prost_export.parity import dataset_inputs, dataset_scores, onnx_backend
+
+    model, out = tiny_export
+    frames, ids = dataset_inputs(model.config, generate(tmp_path / "synth", videos=60, seed=3), max_videos=12)
+    assert len(frames) == 12
+    ort, calls = onnx_backend(out, model.config), []
+
+    def backend(graph, feeds):
+        calls.append(max(len(v) for name, v in feeds.items() if name != "BETA"))
+        return ort(graph, feeds)
+
+    protos, blocked = dataset_scores(model.config, backend, frames, ids, batch=5)
+    assert max(calls) == 5 and len(calls) == 3 + 3 + 9
+    _, whole = dataset_scores(model.config, ort, frames, ids, batch=12)
+    np.testing.assert_allclose(blocked, whole, atol=1e-6)
+    assert blocked.shape == (12, 12) and protos["OBJECT_PROTOTYPES"].shape[0] == 12

@@ -12,7 +12,7 @@ import prost
 from prost.errors import ExportError
 from prost_export.onnx import export_onnx
 from prost_export.specs import graph_specs
-from prost_export.tensorrt import plan_name
+from prost_export.tensorrt import plan_name, timing_cache_name
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 HAS_GPU = torch.cuda.is_available()
@@ -48,10 +48,38 @@ def test_engines_pass_the_gate_and_record_metadata(tiny_export, precision):
     engines = build_engines(tiny_export, precision=precision, profile=Profile(1, 2, 4))
     manifest = json.loads((tiny_export / "manifest.json").read_text())
     for name, meta in engines.items():
-        assert (tiny_export / meta["file"]).is_file() and manifest["engines"][name]["sha256"] == meta["sha256"]
-        assert meta["precision"] == precision and meta["profile"] == {"min": 1, "opt": 2, "max": 4}
+        assert (tiny_export / meta["file"]).is_file() and manifest["engines"][meta["file"]]["sha256"] == meta["sha256"]
+        assert meta["graph"] == name and meta["precision"] == precision
+        assert meta["profile"] == {"min": 1, "opt": 2, "max": 4}
         assert {"tensorrt", "gpu", "compute_capability"} <= set(meta)
-    assert (tiny_export / "timing.cache").stat().st_size > 0
+    assert (tiny_export / timing_cache_name(meta["compute_capability"])).stat().st_size > 0
+
+
+@pytest.mark.gpu
+@NEEDS_GPU
+def test_retrieval_gate_feeds_a_split_larger_than_the_profile(tiny_export, tmp_path):
+    """12 test videos through engines whose profile stops at 4: the gate chunks every graph's batch."""
+    from prost.data.synthetic import generate
+    from prost_export.tensorrt import Profile, build_engines
+
+    data = generate(tmp_path / "synth", videos=60, seed=3)  # 20 families, 4 of them test: 12 videos
+    engines = build_engines(tiny_export, precision="fp32", profile=Profile(1, 2, 4), data=data)
+    assert set(engines) == set(graph_specs(prost.create_model("tiny").config))
+
+
+@pytest.mark.gpu
+@NEEDS_GPU
+def test_engine_refuses_a_batch_outside_its_profile_and_a_wrong_dtype(tiny_export):
+    from prost_export.onnx import example_inputs
+    from prost_export.tensorrt import EngineRunner, Profile, build_engines
+
+    meta = build_engines(tiny_export, precision="fp32", profile=Profile(1, 1, 2))["text_prototypes"]
+    runner = EngineRunner(tiny_export / meta["file"], meta)
+    spec = graph_specs(prost.create_model("tiny").config)["text_prototypes"]
+    with pytest.raises(ExportError, match="outside the engine's optimization profile"):
+        runner(example_inputs(spec, batch=3))
+    with pytest.raises(ExportError, match="the engine takes int32"):
+        runner({name: value.astype("int64") for name, value in example_inputs(spec, batch=1).items()})
 
 
 @pytest.mark.gpu
