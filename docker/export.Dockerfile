@@ -10,5 +10,10 @@ COPY prost prost
 COPY export export
 COPY client client
 COPY model_repository model_repository
-RUN pip install --no-cache-dir --no-deps . && pip install --no-cache-dir onnx onnxruntime-gpu safetensors ftfy regex av tqdm
+# torch, numpy and TensorRT come with the image (pyproject's `gpu` extra pins the TensorRT the tests used); the rest
+# as pinned in pyproject.toml: `prost` imports every command module, tritonclient included, at start.
+RUN pip install --no-cache-dir --no-deps . \
+    && pip install --no-cache-dir "onnx==1.23.2" "onnxruntime-gpu==1.31.1" "av==18.1.0" "safetensors==0.8.0" \
+       "ftfy==6.3.1" "regex==2026.11.19" "tqdm==4.70.1" "matplotlib==3.11.2" "scipy==1.17.1" "pillow==13.0.0" \
+       "tritonclient[grpc]==2.73.0"
 ENTRYPOINT ["prost"]

@@ -1,0 +1,13 @@
+#!/bin/sh
+# Starts Triton with its model-repository endpoints behind a key. Load accepts uploaded files (a python-backend
+# model.py is code), so the image refuses to start without PROST_REPOSITORY_KEY. Extra arguments go to tritonserver.
+set -eu
+if [ -z "${PROST_REPOSITORY_KEY:-}" ]; then
+  echo "prost-triton: set PROST_REPOSITORY_KEY (docker run -e PROST_REPOSITORY_KEY=...); clients pass the same key" \
+       "to load or unload models (prost-client --repository-key, or the PROST_REPOSITORY_KEY variable)" >&2
+  exit 2
+fi
+key="prost-repository-key=${PROST_REPOSITORY_KEY}"
+exec tritonserver --model-repository=/models --model-control-mode=explicit --load-model='*' \
+  --cache-config=local,size=268435456 \
+  --grpc-restricted-protocol="model-repository:${key}" --http-restricted-api="model-repository:${key}" "$@"
