@@ -79,6 +79,7 @@ class RepositoryOptions:
     max_top_k: int = 1000
     max_video_bytes: int = 256 << 20  # larger VIDEO inputs are refused before decoding
     max_source_frames: int = 20000  # clips listing more frames are refused before decoding
+    tensorrt_version: str = ""  # tensorrt variant: the serving Triton's TensorRT; plans built with another are refused
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -156,10 +157,9 @@ def _spec_io(spec: TensorSpec, batched: bool, optional: bool = False) -> tuple:
     return tensor(spec.name, spec.dtype, [-1 if isinstance(d, str) else int(d) for d in shape], optional=optional)
 
 
-def _batching(config: mc.ModelConfig, options: RepositoryOptions, preferred: list[int] | None = None) -> None:
+def _batching(config: mc.ModelConfig, options: RepositoryOptions) -> None:
+    """Dynamic batching with a short delay; no preferred_batch_size, which serving.md keeps for multi-profile engines."""
     config.dynamic_batching.max_queue_delay_microseconds = options.queue_delay_us
-    if preferred:
-        config.dynamic_batching.preferred_batch_size.extend(sorted(set(preferred)))
 
 
 def _python(name: str, mbs: int, count: int, options: RepositoryOptions, inputs, outputs,
@@ -181,7 +181,6 @@ def _graph_model(name: str, spec: GraphSpec, mbs: int, export_dir: Path, manifes
     model = model_config(name, mbs, inputs, outputs, params)
     kind = mc.ModelInstanceGroup.KIND_CPU if options.variant == "cpu" else mc.ModelInstanceGroup.KIND_GPU
     model.instance_group.add(kind=kind, count=options.instances)
-    opt = min(8, mbs) if mbs else 0
     if name == P.TEXT_MODEL:
         model.response_cache.enable = True  # repeated queries skip the text encoder (see the module docstring)
     files = _onnx_files(export_dir, spec)
@@ -192,15 +191,15 @@ def _graph_model(name: str, spec: GraphSpec, mbs: int, export_dir: Path, manifes
         files["model.py"] = runner
     elif options.variant == "onnxruntime":
         model.backend = "onnxruntime"
-        _trt_accelerator(model, spec, options, opt or 1, mbs or options.max_batch_size, options.max_video_batch_size)
+        _trt_accelerator(model, spec, options, min(8, mbs) if mbs else 1, mbs or options.max_batch_size,
+                         options.max_video_batch_size)
     else:
         model.platform = "tensorrt_plan"
         # the similarity graph's texts and videos dims share the profile: both must fit
         needed = mbs or max(options.max_batch_size, options.max_video_batch_size)
-        files, profile_opt = _plan_files(export_dir, manifest, spec, model, needed)
-        opt = min(profile_opt, mbs) if mbs else 0
+        files = _plan_files(export_dir, manifest, spec, model, needed, options.tensorrt_version)
     if mbs:
-        _batching(model, options, [opt, mbs] if options.variant != "cpu" else None)
+        _batching(model, options)
     _warmup(model, spec, mbs)
     return ModelSpec(model, files)
 
@@ -252,12 +251,13 @@ def _onnx_files(export_dir: Path, spec: GraphSpec) -> dict[str, Path]:
     return files
 
 
-def _plan_files(export_dir: Path, manifest: dict, spec: GraphSpec, model: mc.ModelConfig,
-                needed: int) -> tuple[dict[str, Path], int]:
+def _plan_files(export_dir: Path, manifest: dict, spec: GraphSpec, model: mc.ModelConfig, needed: int,
+                tensorrt_version: str) -> dict[str, Path]:
     """The plans `prost build-engines` listed for a graph, one `model.sm<cc>.plan` per compute capability mapped by
-    `cc_model_filenames` (a GPU of another capability fails to load: there is no default model.plan); returns the
-    files and the smallest profile opt. Refuses plans built from another ONNX file, changed plans, and profiles
-    whose max is below the batch the config allows."""
+    `cc_model_filenames` (a GPU of another capability fails to load: there is no default model.plan). Refuses plans
+    built from another ONNX file or (when given) another TensorRT version, changed plans, profiles whose min is above
+    1 (Triton sends single requests and a batch-1 warmup), and profiles whose max is below the batch the config
+    allows."""
     rebuild = f"rerun `prost build-engines --export {export_dir}` on each serving GPU"
     onnx_sha = manifest["files"][spec.onnx_file]["sha256"]
     entries = {key: e for key, e in manifest.get("engines", {}).items() if e.get("graph") == spec.name}
@@ -276,13 +276,20 @@ def _plan_files(export_dir: Path, manifest: dict, spec: GraphSpec, model: mc.Mod
                                   f"{path.name}; remove one from the manifest")
         if not path.is_file() or G.sha256_file(path) != entry["sha256"]:
             raise RepositoryError(f"{path} is missing or does not match its sha256 in the manifest; {rebuild}")
+        if tensorrt_version and entry["tensorrt"] != tensorrt_version:
+            raise RepositoryError(f"{path.name} was built with TensorRT {entry['tensorrt']}, but the serving Triton "
+                                  f"has {tensorrt_version} (--tensorrt-version), and plans do not load across "
+                                  f"versions; build the engines with TensorRT {tensorrt_version}")
+        if entry["profile"]["min"] > 1:
+            raise RepositoryError(f"{path.name}: TensorRT profile min {entry['profile']['min']}, but Triton sends "
+                                  f"batches of 1 (single requests, the warmup); rebuild with --min-batch 1")
         if entry["profile"]["max"] < needed:
             raise RepositoryError(f"{model.name}: batches of {needed} exceed the TensorRT profile max "
                                   f"{entry['profile']['max']} of {path.name}; lower --max-batch-size/"
                                   f"--max-video-batch-size or rebuild the engines with a larger profile")
         files[target] = path
         model.cc_model_filenames[cc] = target
-    return files, min(e["profile"]["opt"] for e in entries.values())
+    return files
 
 
 def _gallery_model(export_dir: Path, specs: dict[str, GraphSpec], config: ProstConfig, options: RepositoryOptions,
@@ -375,11 +382,13 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--variant", choices=VARIANTS, default="cpu")
     defaults = RepositoryOptions()
     for option in fields(RepositoryOptions):
-        if option.name not in ("variant", "fp16"):
+        if option.name not in ("variant", "fp16", "tensorrt_version"):
             value = getattr(defaults, option.name)
             build.add_argument(f"--{option.name.replace('_', '-')}", dest=option.name, type=type(value),
                                default=value, help=f"default {value}")
     build.add_argument("--fp16", action="store_true", help=FP16_HELP)
+    build.add_argument("--tensorrt-version", default="", help="tensorrt variant: the serving Triton's TensorRT version "
+                       "(e.g. 10.16.1.11); plans built with another are refused (default: not checked)")
     build.set_defaults(func=_build_cmd)
 
 

@@ -30,7 +30,8 @@ def read_config(repo: Path, model: str) -> mc.ModelConfig:
     return text_format.Parse((repo / model / "config.pbtxt").read_text(), mc.ModelConfig())
 
 
-def add_engines(export: Path, cc: str, *, max_batch: int = 32, opt: int = 8) -> None:
+def add_engines(export: Path, cc: str, *, max_batch: int = 32, opt: int = 8, min_batch: int = 1,
+                tensorrt: str = "10.16.1.11") -> None:
     """Engine files and manifest entries as `prost build-engines` writes them on a GPU of compute capability `cc`
     (the plan bytes are dummies: the writer only selects and copies them)."""
     manifest = json.loads((export / "manifest.json").read_text())
@@ -39,8 +40,8 @@ def add_engines(export: Path, cc: str, *, max_batch: int = 32, opt: int = 8) -> 
         plan.write_bytes(f"engine for sm{cc} {graph}".encode())
         manifest.setdefault("engines", {})[plan.name] = {
             "graph": graph, "file": plan.name, "onnx_sha256": manifest["files"][f"{graph}.onnx"]["sha256"],
-            "compute_capability": cc, "tensorrt": "10.16.1", "gpu": f"GPU sm{cc}", "precision": "fp16",
-            "profile": {"min": 1, "opt": opt, "max": max_batch}, "sha256": G.sha256_file(plan)}
+            "compute_capability": cc, "tensorrt": tensorrt, "gpu": f"GPU sm{cc}", "precision": "fp16",
+            "profile": {"min": min_batch, "opt": opt, "max": max_batch}, "sha256": G.sha256_file(plan)}
     (export / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
@@ -84,8 +85,9 @@ def test_every_variant_parses_against_triton_schema(variant, onnx_dir, export_wi
         assert accel.name == "tensorrt" and accel.parameters["precision_mode"] == "FP16"
         assert accel.parameters["trt_profile_max_shapes"] == f"{P.TOKEN_IDS}:16x{config.max_words}"
         assert accel.parameters["trt_engine_cache_enable"] == "1"
-    if variant != "cpu":
-        assert list(text.dynamic_batching.preferred_batch_size) == [8, 16]
+    # serving.md: preferred_batch_size only for engines with several profiles; ours have one
+    assert text.dynamic_batching.max_queue_delay_microseconds == 500
+    assert not text.dynamic_batching.preferred_batch_size
     similarity = configs[P.SIMILARITY_MODEL]
     beta = next(i for i in similarity.input if i.name == P.BETA)
     assert similarity.max_batch_size == 0 and beta.optional == (variant == "cpu")
@@ -136,7 +138,7 @@ def test_tensorrt_batch_must_fit_every_engine_profile(onnx_dir, tmp_path):
     with pytest.raises(RepositoryError, match=r"profile max 8 of text_prototypes\.sm89\.plan"):
         write_repository(export, tmp_path / "big", "tensorrt", max_batch_size=32)
     repo = write_repository(export, tmp_path / "ok", "tensorrt", max_batch_size=8, max_video_batch_size=8)
-    assert list(read_config(repo, P.TEXT_MODEL).dynamic_batching.preferred_batch_size) == [4, 8]
+    assert read_config(repo, P.TEXT_MODEL).max_batch_size == 8
     with pytest.raises(RepositoryError, match="batches of 16"):  # similarity: texts and videos share the profile
         write_repository(export, tmp_path / "video", "tensorrt", max_batch_size=8, max_video_batch_size=16)
 
@@ -310,3 +312,15 @@ def test_a_held_lock_is_reported_not_waited_on_forever(tmp_path):
         with pytest.raises(ClientError, match="locked by another writer"):
             with G.DirectoryLock(tmp_path, timeout=0.2):
                 pass
+
+
+def test_tensorrt_plans_must_match_the_serving_tensorrt_and_take_batch_1(onnx_dir, tmp_path):
+    export = copy_export(onnx_dir, tmp_path / "export")
+    add_engines(export, "9.0", tensorrt="10.13.3.9")
+    with pytest.raises(RepositoryError, match=r"built with TensorRT 10\.13\.3\.9, but the serving Triton has 10\.16"):
+        write_repository(export, tmp_path / "other", "tensorrt", tensorrt_version="10.16.1.11")
+    assert (write_repository(export, tmp_path / "same", "tensorrt", tensorrt_version="10.13.3.9")
+            / P.TEXT_MODEL / "1" / "model.sm90.plan").is_file()
+    add_engines(export, "9.0", min_batch=2)
+    with pytest.raises(RepositoryError, match="profile min 2, but Triton sends batches of 1"):
+        write_repository(export, tmp_path / "min", "tensorrt")
