@@ -68,11 +68,13 @@ class _Base:
                 gRPC does not retry larger messages (e.g. big video batches).
             repository_key: the server's key for the restricted model-repository endpoints (load/unload, index).
             load_timeout: deadline of a model load (publishing a gallery).
-            text_batch_size, video_batch_size: items per request; must not exceed the served max_batch_size.
+            text_batch_size, video_batch_size: items per request, lowered to the served max_batch_size (read from
+                the server once) when larger.
         """
         self.url, self.timeout, self.load_timeout = url, timeout, load_timeout
         self.repository_key = repository_key
         self.text_batch_size, self.video_batch_size = text_batch_size, video_batch_size
+        self._served_batch: tuple[int, int] | None = None  # (texts, videos) max_batch_size; None: not read yet
         self._channel_args = wire.channel_args(retries)
         self._exported_beta: float | None = None  # None: prost_score's config not read yet
 
@@ -102,7 +104,8 @@ class _Base:
               beta: float | None = None) -> np.ndarray:
         """S = S_es + beta * S_op [T, V] of every text against every video; `beta=None` uses the exported default.
 
-        Each text and each video is encoded once; the chunks are then paired with prost_similarity.
+        Each text and each video is encoded once. Videos are read, encoded and scored one chunk at a time against
+        every text chunk, so memory holds one video chunk, not the whole list.
         """
         return self._run(self._score(wire.as_texts(texts), list(videos), beta))
 
@@ -166,9 +169,18 @@ class _Base:
             yield Sleep(POLL_SECONDS)
 
     def _search(self, texts: list[str], top_k: int | None) -> Plan:
-        parts = wire.chunks(len(texts), self.text_batch_size)
+        parts = wire.chunks(len(texts), (yield from self._per_call())[0])
         results = yield [self._infer(wire.search_request(texts[p], top_k)) for p in parts]
         return [hits for result in results for hits in wire.parse_search(result)]
+
+    def _per_call(self, videos: int | None = None) -> Plan:
+        """(texts, videos) per request: the requested sizes, lowered to the served ensembles' max_batch_size."""
+        if self._served_batch is None:
+            configs = yield [self._call("get_model_config", m, model_name=m, as_json=True)
+                             for m in (P.ENCODE_TEXT_MODEL, P.ENCODE_VIDEO_MODEL)]
+            self._served_batch = tuple(wire.max_batch_size(c["config"]) for c in configs)
+        served_texts, served_videos = self._served_batch
+        return min(self.text_batch_size, served_texts), min(videos or self.video_batch_size, served_videos)
 
     def _metadata(self, model: str) -> Call:
         return self._call("get_model_metadata", model, model_name=model, as_json=True)
@@ -177,17 +189,17 @@ class _Base:
         names = (P.PHRASE_PROTOTYPES, P.SENTENCE_EMBEDDING)
         if not texts:
             return wire.empty_outputs((yield self._metadata(P.ENCODE_TEXT_MODEL)), *names)
-        results = yield [self._infer(wire.encode_text_request(texts[p]))
-                         for p in wire.chunks(len(texts), self.text_batch_size)]
+        per_call = (yield from self._per_call())[0]
+        results = yield [self._infer(wire.encode_text_request(texts[p])) for p in wire.chunks(len(texts), per_call)]
         return tuple(np.concatenate([r.as_numpy(n) for r in results]) for n in names)
 
     def _encode_videos(self, videos: list[VideoSource], batch_size: int | None, progress: bool) -> Plan:
         names = (P.OBJECT_PROTOTYPES, P.EVENT_PROTOTYPES)
         if not videos:
             return wire.empty_outputs((yield self._metadata(P.ENCODE_VIDEO_MODEL)), *names)
-        results = []
+        results, per_call = [], (yield from self._per_call(videos=batch_size))[1]
         with contextlib.closing(wire.progress_bar(len(videos), progress, "encode")) as bar:
-            for part in wire.chunks(len(videos), batch_size or self.video_batch_size):  # one batch in memory at a time
+            for part in wire.chunks(len(videos), per_call):  # one batch in memory at a time
                 results.append((yield self._infer(wire.encode_request([wire.read_bytes(v) for v in videos[part]]))))
                 bar.update(part.stop - part.start)
         return tuple(np.concatenate([r.as_numpy(n) for r in results]) for n in names)
@@ -198,16 +210,16 @@ class _Base:
                 config = yield self._call("get_model_config", P.SCORE_MODEL, model_name=P.SCORE_MODEL, as_json=True)
                 self._exported_beta = wire.exported_beta(config["config"])
             beta = self._exported_beta
-        text_parts = list(wire.chunks(len(texts), self.text_batch_size))
-        video_parts = list(wire.chunks(len(videos), self.video_batch_size))
-        if not text_parts or not video_parts:
+        if not texts or not videos:
             return np.zeros((len(texts), len(videos)), np.float32)
-        encoded = yield ([self._infer(wire.encode_text_request(texts[p])) for p in text_parts]
-                         + [self._infer(wire.encode_request([wire.read_bytes(v) for v in videos[p]]))
-                            for p in video_parts])
-        text, video = encoded[:len(text_parts)], encoded[len(text_parts):]
-        scores = yield [self._infer(wire.similarity_request(t, v, beta)) for t in text for v in video]
-        return wire.assemble_scores(scores, len(text), len(video))
+        texts_per_call, videos_per_call = yield from self._per_call()
+        text = yield [self._infer(wire.encode_text_request(texts[p])) for p in wire.chunks(len(texts), texts_per_call)]
+        columns = []
+        for part in wire.chunks(len(videos), videos_per_call):  # one video chunk read and encoded at a time
+            video = yield self._infer(wire.encode_request([wire.read_bytes(v) for v in videos[part]]))
+            scores = yield [self._infer(wire.similarity_request(t, video, beta)) for t in text]
+            columns.append(np.concatenate([s.as_numpy(P.SIMILARITY) for s in scores]))
+        return np.concatenate(columns, axis=1)
 
     def _publish_gallery(self, videos, video_ids, repository, similarity_onnx, batch_size, progress) -> Plan:
         ids = wire.video_ids_for(videos, video_ids)

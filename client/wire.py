@@ -152,10 +152,13 @@ def similarity_request(text, video, beta: float) -> dict:
     return {"model_name": P.SIMILARITY_MODEL, "inputs": inputs, "outputs": outputs(P.SIMILARITY)}
 
 
-def assemble_scores(results: list, rows: int, cols: int) -> np.ndarray:
-    """The [T, V] matrix from similarity results listed row-major over (text chunk, video chunk)."""
-    blocks = [results[r * cols:(r + 1) * cols] for r in range(rows)]
-    return np.concatenate([np.concatenate([b.as_numpy(P.SIMILARITY) for b in row], axis=1) for row in blocks])
+def max_batch_size(config: dict) -> int:
+    """A served model's max_batch_size from its JSON config; refuses a model that does not batch."""
+    size = int(config.get("max_batch_size", 0))
+    if size < 1:
+        raise ClientError(f"{config.get('name', 'model')} does not batch (max_batch_size {size}); rebuild the "
+                          f"repository with `prost repository build`")
+    return size
 
 
 def exported_beta(score_config: dict) -> float:

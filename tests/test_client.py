@@ -143,3 +143,15 @@ def test_cli_index_and_score(triton_server, client, model_repository, synthetic_
     finally:  # leave the session's gallery as the other tests expect it
         client.publish_gallery(synthetic_videos, repository=model_repository, progress=False)
     assert len(client.search("anything", top_k=10)[0]) == len(synthetic_videos)
+
+
+def test_requests_never_exceed_the_served_max_batch_size(triton_server, client, synthetic_videos):
+    """Asked for 100 items per request, the client sends at most the repository's 32 texts and 8 videos."""
+    texts = [f"a red circle moves {d}" for d in ("left", "right", "up", "down")] * 10  # 40 texts
+    videos = (synthetic_videos * 2)[:10]
+    with ProstClient(triton_server.url, timeout=60.0, text_batch_size=100, video_batch_size=100) as wide:
+        scores = wide.score(texts, videos)
+        phrases, _ = wide.encode_texts(texts)
+        objects, _ = wide.encode_videos(videos)
+    assert scores.shape == (40, 10) and len(phrases) == 40 and len(objects) == 10
+    np.testing.assert_allclose(scores, client.score(texts, videos), atol=1e-6)
