@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the export's similarity.onnx; needed to upload the gallery without --repository "
                             "(an upload is NOT durable: lost when the server restarts)")
     index.add_argument("--batch-size", type=int, default=4, help="videos per encode request")
+    index.add_argument("--keep-versions", type=int, default=3,
+                       help="with --repository: gallery versions kept on disk, the new one included (default 3)")
     index.add_argument("--no-progress", action="store_true")
     index.set_defaults(func=_index)
 
@@ -89,7 +91,8 @@ def _index(client: ProstClient, args: argparse.Namespace) -> int:
         raise ClientError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) under {args.directory}")
     ids = [p.relative_to(args.directory).with_suffix("").as_posix() for p in videos]
     version = client.publish_gallery(videos, ids, repository=args.repository, similarity_onnx=args.similarity_onnx,
-                                     batch_size=args.batch_size, progress=not args.no_progress)
+                                     batch_size=args.batch_size, progress=not args.no_progress,
+                                     keep_versions=args.keep_versions)
     print(f"published {P.GALLERY_MODEL} version {version} with {len(videos)} video(s)")
     return 0
 

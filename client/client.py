@@ -111,16 +111,17 @@ class _Base:
 
     def publish_gallery(self, videos: Sequence[VideoSource], video_ids: Sequence[str] | None = None, *,
                         repository: Path | None = None, similarity_onnx: Path | bytes | None = None,
-                        batch_size: int | None = None, progress: bool = True) -> int:
+                        batch_size: int | None = None, progress: bool = True, keep_versions: int | None = 3) -> int:
         """Encode `videos` through Triton and publish them as a NEW version of prost_gallery; returns the version.
 
-        See `publish_prototypes` for `repository` and `similarity_onnx`.
+        See `publish_prototypes` for `repository`, `similarity_onnx` and `keep_versions`.
         """
         return self._run(self._publish_gallery(list(videos), video_ids, repository, similarity_onnx, batch_size,
-                                               progress))
+                                               progress, keep_versions))
 
     def publish_prototypes(self, video_ids: Sequence[str], objects: np.ndarray, events: np.ndarray, *,
-                           repository: Path | None = None, similarity_onnx: Path | bytes | None = None) -> int:
+                           repository: Path | None = None, similarity_onnx: Path | bytes | None = None,
+                           keep_versions: int | None = 3) -> int:
         """Publish encoded prototypes (fp16 on disk) as a new prost_gallery version; an empty list clears it.
 
         With `repository` (the served repository on this machine) the version is written there under the gallery's
@@ -129,9 +130,11 @@ class _Base:
         `similarity_onnx`): Triton keeps uploaded files in a temporary directory, so such a version is NOT durable:
         after a server restart the repository's latest version serves again. Concurrent uploads are not
         coordinated. A load that times out or loses the server is not taken as a failure: the version's state is
-        polled, and a local version is removed only when Triton reports that it failed to load.
+        polled, and a local version is removed only when Triton reports that it failed to load. Once the new local
+        version is ready, only the newest `keep_versions` version directories stay in the repository (None: all).
         """
-        return self._run(self._publish_prototypes(list(video_ids), objects, events, repository, similarity_onnx))
+        return self._run(self._publish_prototypes(list(video_ids), objects, events, repository, similarity_onnx,
+                                                  keep_versions))
 
     def gallery_version(self) -> int | None:
         """The highest served version of prost_gallery, or None when none is loaded."""
@@ -221,14 +224,17 @@ class _Base:
             columns.append(np.concatenate([s.as_numpy(P.SIMILARITY) for s in scores]))
         return np.concatenate(columns, axis=1)
 
-    def _publish_gallery(self, videos, video_ids, repository, similarity_onnx, batch_size, progress) -> Plan:
+    def _publish_gallery(self, videos, video_ids, repository, similarity_onnx, batch_size, progress,
+                         keep_versions) -> Plan:
         ids = wire.video_ids_for(videos, video_ids)
         if repository is None:
             wire.upload_files(0, {}, similarity_onnx)  # fail before encoding when the graph is missing
         objects, events = yield from self._encode_videos(videos, batch_size, progress)
-        return (yield from self._publish_prototypes(ids, objects, events, repository, similarity_onnx))
+        return (yield from self._publish_prototypes(ids, objects, events, repository, similarity_onnx, keep_versions))
 
-    def _publish_prototypes(self, video_ids, objects, events, repository, similarity_onnx) -> Plan:
+    def _publish_prototypes(self, video_ids, objects, events, repository, similarity_onnx, keep_versions) -> Plan:
+        if keep_versions is not None and keep_versions < 1:
+            raise ClientError(f"keep_versions must be >= 1 (the new version stays), got {keep_versions}")
         files = gallery.gallery_files(video_ids, objects, events)
         if repository is None:
             known = yield from self._gallery_states()
@@ -250,6 +256,8 @@ class _Base:
             known = yield from self._gallery_states()
             version = gallery.stage_version(Path(repository), P.GALLERY_MODEL, files, max(known, default=0) + 1)
             yield from self._load(version, Path(repository))
+            if keep_versions is not None:
+                gallery.prune_versions(Path(repository), P.GALLERY_MODEL, keep_versions)
             return version
         finally:
             lock.release()

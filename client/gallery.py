@@ -196,6 +196,14 @@ def unstage_version(repository: Path | None, model: str, version: int) -> None:
         update_manifest(repository, model)
 
 
+def prune_versions(repository: Path, model: str, keep: int) -> None:
+    """Remove all but the newest `keep` version directories (Triton serves only the latest) and refresh the manifest.
+    The caller holds the model's lock."""
+    for version in versions(Path(repository) / model)[:-keep]:
+        shutil.rmtree(Path(repository) / model / str(version), ignore_errors=True)
+    update_manifest(repository, model)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

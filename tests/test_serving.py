@@ -282,6 +282,21 @@ def test_concurrent_publishers_both_succeed(triton_server, client, published_gal
     client.publish_prototypes(ids, objects, events, repository=model_repository)  # the session's gallery again
 
 
+def test_publishing_keeps_only_the_newest_versions(client, published_gallery, model_repository):
+    """keep_versions=2: after two more publishes the repository holds exactly the two newest versions, listed in its
+    manifest, and the newest serves."""
+    _, ids, objects, events = published_gallery
+    published = [client.publish_prototypes(ids, objects, events, repository=model_repository, keep_versions=2)
+                 for _ in range(2)]
+    model_dir = model_repository / P.GALLERY_MODEL
+    assert G.versions(model_dir) == published and client.gallery_version() == published[-1]
+    manifest = json.loads((model_repository / "manifest.json").read_text())["models"][P.GALLERY_MODEL]
+    assert manifest["versions"] == published
+    assert client.search(["a red circle"], top_k=len(ids))[0]
+    with pytest.raises(errors.ClientError, match="keep_versions must be >= 1"):
+        client.publish_prototypes(ids, objects, events, repository=model_repository, keep_versions=0)
+
+
 def test_top_k_ties_keep_the_lower_index_at_the_boundary():
     scores = np.ones((2, 6), np.float32)
     scores[1, [1, 4]] = 2.0
