@@ -100,6 +100,10 @@ def build_engine(onnx_path: Path, spec: GraphSpec, plan_path: Path, *, precision
                                _shape(tensor.shape, profile.max))
     config.add_optimization_profile(optimization)
     if precision == "fp16":
+        if not hasattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS"):  # weak typing: deprecated 10.12, gone in 11
+            raise ExportError(f"TensorRT {trt.__version__} has no weakly typed fp16 build (removed in TensorRT 11), "
+                              f"which this exporter uses; install the pinned 10.x (`pip install 'prost-serve[gpu]'`) "
+                              f"or build with --precision fp32")
         config.set_flag(trt.BuilderFlag.FP16)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
         kept = _keep_fp32(network, trt)
