@@ -31,3 +31,7 @@ class DependencyError(ProstError):
 
 class RepositoryError(ProstError):
     """A Triton model repository cannot be built or served."""
+
+
+class TrainingError(ProstError):
+    """Training cannot go on (e.g. the loss diverged to NaN or infinity)."""

@@ -7,12 +7,12 @@ Conventions (official `metrics.py::compute_metrics`, ProST main_my.py lines 300-
 * Ties: the official code finds the rank by equality (`np.where(sorted - gt == 0)`), so a ground truth tied with
   other items takes the best of the tied positions. We follow it: rank = number of items scoring *strictly* higher.
   (The official code also emits one extra entry per tied position, inflating its denominator; we keep exactly one
-  rank per query.) NaN scores never outrank anything. Because a constant (collapsed) matrix would then score
+  rank per query.) NaN scores count as -inf, as officially: below every item, tied with each other. Because a constant (collapsed) matrix would then score
   perfectly, every result also reports `tied`, the number of queries whose ground truth ties another item, and
   `ties="pessimistic"` (every tied item ranked above the ground truth) gives the other bound.
 * Several captions per video: text-to-video rows are captions, each with its video as ground truth; video-to-text
-  takes, for each video, the best rank among its captions (the other captions of the same video never count
-  against it), as in the standard multi-sentence protocol.
+  ranks videos' caption groups by their best caption, G[v, u] = max over u's captions of S[c, v], as CLIP4Clip's
+  multi-sentence protocol (a video's own other captions never count against it, another video counts once).
 * The Hungarian one-to-one assignment (`hungarian_r1`) is the post-processing the official log prints first. It is
   transductive (it needs every query at once and assumes a one-to-one test set), so it is opt-in and every result
   it produces carries `"transductive": True` and a label saying so.
@@ -37,6 +37,7 @@ def _as_numpy(scores: ArrayLike) -> np.ndarray:
     if isinstance(scores, torch.Tensor):
         scores = scores.detach().float().cpu().numpy()
     scores = np.asarray(scores, dtype=np.float64)
+    scores = np.where(np.isnan(scores), -np.inf, scores)  # a NaN ground truth must not rank first
     if scores.ndim != 2:
         raise ValueError(f"scores must be a 2-D [queries, items] matrix, got shape {scores.shape}")
     return scores
@@ -90,26 +91,18 @@ def _pessimistic(ties: str) -> bool:
 
 
 def video_to_text(scores: ArrayLike, caption_video: ArrayLike, ties: str = "optimistic") -> dict[str, float]:
-    """Metrics of S^T: for each video with captions, the best rank among its captions over all captions."""
+    """Metrics of S^T over the videos that have captions: video v ranks every such video u by the best score of u's
+    captions, G[v, u] = max_c S[c, v] (CLIP4Clip's multi-sentence protocol), and its ground truth is u = v."""
     scores = _as_numpy(scores)
     caption_video = np.asarray(caption_video, dtype=np.int64)
     if caption_video.shape != (scores.shape[0],):
         raise ValueError(f"caption_video must have one entry per caption ({scores.shape[0]}), "
                          f"got {caption_video.shape}")
-    by_video = scores.T  # [V, T]
-    n_videos = by_video.shape[0]
-    # Best score among each video's own captions; the best one has no own caption above it, so its rank is the
-    # number of captions scoring strictly higher than it.
-    best = np.full(n_videos, -np.inf)
-    np.maximum.at(best, caption_video, scores[np.arange(len(caption_video)), caption_video])
-    has_caption = np.bincount(caption_video, minlength=n_videos) > 0
-    own = by_video[has_caption]
-    truth = best[has_caption, None]
-    # Ties only with other videos' captions count: a video's own captions may share its best score.
-    others = own == truth
-    others[np.flatnonzero(has_caption)[:, None] == caption_video[None, :]] = False
-    equal = others.sum(axis=1)
-    return _with_ties((own > truth).sum(axis=1) + (equal if _pessimistic(ties) else 0), equal > 0)
+    by_group = np.full((scores.shape[1], scores.shape[1]), -np.inf)  # [u, v]: best caption of u against video v
+    np.maximum.at(by_group, caption_video, scores)
+    has_caption = np.bincount(caption_video, minlength=scores.shape[1]) > 0
+    grouped = by_group[has_caption][:, has_caption].T  # [v, u]
+    return text_to_video(grouped, np.arange(len(grouped)), ties)
 
 
 def retrieval_metrics(scores: ArrayLike, caption_video: ArrayLike | None = None,

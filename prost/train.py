@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -45,7 +46,7 @@ from prost.config import ProstConfig, parse_overrides
 from prost.data.datasets import ClipDataset, ClipLoader, clip_key, load_split
 from prost.data.sampling import EpochBatches, HardNegativeSampler
 from prost.distributed import AllGather, Dist, init_distributed
-from prost.errors import ConfigError, DataError
+from prost.errors import ConfigError, DataError, TrainingError
 from prost.factory import create_model, preset_config
 from prost.loss import combined_loss, prost_loss, ranking_mode, score_loss
 from prost.model.prost import ProstModel
@@ -390,8 +391,13 @@ class Trainer:
         with sync:
             loss = contrastive_loss(self.encoders, frames.to(env.device), token_ids.to(env.device), config.loss,
                                     config.precision, env.world, config.model.beta)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingError(f"the loss is {value} in step {self.step + 1} (epoch {self.epoch + 1}): training "
+                                    f"diverged, and no checkpoint was written after it; lower --lr, keep --grad-clip "
+                                    f"on, or train with --precision fp32")
             self.scaler.scale(loss / config.grad_accum).backward()
-        return loss.item()
+        return value
 
     def _optimizer_step(self) -> None:
         """Clip, step, schedule, clamp the temperature: the official order."""

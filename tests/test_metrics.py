@@ -81,6 +81,24 @@ def test_multi_caption_t2v_and_v2t_take_the_best_caption():
     assert v2t["MnR"] == pytest.approx(1 / 3 + 1)
 
 
+def test_v2t_counts_another_video_once_however_many_of_its_captions_score_higher():
+    # captions 0, 1 -> video 0; caption 2 -> video 1; caption 3 -> video 2. Video 1's column: both captions of
+    # video 0 (0.9, 0.8) beat its own 0.5, but video 0 is one wrong item: rank 1, not 2.
+    scores = np.array([[0.7, 0.9, 0.1], [0.6, 0.8, 0.2], [0.2, 0.5, 0.3], [0.3, 0.1, 0.9]])
+    v2t = video_to_text(scores, [0, 0, 1, 2])
+    assert v2t["R@1"] == pytest.approx(200 / 3) and v2t["MnR"] == pytest.approx(1 / 3 + 1)
+
+
+def test_nan_scores_rank_last_and_never_give_a_hit():
+    scores = S.copy()
+    scores[0, 0] = np.nan  # the ground truth of query 0
+    assert ground_truth_ranks(scores, np.arange(4))[0] == 3
+    assert text_to_video(scores, np.arange(4))["R@1"] == 0.0  # query 0 was S's only hit
+    diverged = retrieval_metrics(np.full((3, 3), np.nan))
+    assert diverged["t2v"]["tied"] == 3 and diverged["v2t"]["tied"] == 3  # visible, as a constant matrix is
+    assert retrieval_metrics(np.full((3, 3), np.nan), ties="pessimistic")["t2v"]["R@1"] == 0.0
+
+
 def test_non_square_needs_caption_video():
     with pytest.raises(ValueError, match="caption_video"):
         retrieval_metrics(np.zeros((3, 2)))

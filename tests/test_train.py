@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from prost.config import ProstConfig
 from prost.data.datasets import load_split
 from prost.data.synthetic import generate
-from prost.errors import ConfigError
+from prost.errors import ConfigError, TrainingError
 from prost.factory import create_model, preset_config
 from prost.loss import MAX_LOGIT_SCALE
 from prost.train import (METRICS_FILE, PLOT_FILE, STATE_FILE, Encoders, TrainConfig, contrastive_loss, load_state,
@@ -42,6 +42,12 @@ def test_recipe_defaults_depend_on_the_starting_point():
 def test_fp16_on_cpu_is_a_clear_error(synth, tmp_path):
     with pytest.raises(ConfigError, match="fp16 needs CUDA"):
         train(small_config(synth, precision="fp16"), tmp_path / "run", progress=False)
+
+
+def test_a_diverged_loss_stops_training_with_the_reason(synth, tmp_path):
+    """lr 1e4 without clipping: the loss is NaN at step 2; training stops there instead of validating NaN scores."""
+    with pytest.raises(TrainingError, match=r"the loss is nan in step 2 \(epoch 1\): training diverged"):
+        train(small_config(synth, lr=1e4, grad_clip=0.0, warmup=0.0), tmp_path / "run", progress=False)
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synth, tmp_path):
