@@ -86,6 +86,7 @@ class TrainConfig:
     split: str = "train"
     val_split: str = "val"  # validated after every epoch; skipped when the split is empty
     layout: str = "auto"
+    expand_captions: bool = False  # one item per (video, caption), as CLIP4Clip's MSR-VTT; off: a caption per epoch
     frame_cache: bool = True  # decode every training clip once and keep its uint8 frames in memory
     hard_negatives: int = 0  # >1: batches built from groups of this many videos with similar captions (not official)
     init_logit_scale: float | None = None  # ln(1/temperature) set before step 0; None keeps the model's ln(100)
@@ -232,7 +233,7 @@ def load_training_clips(config: TrainConfig, workers: int) -> ClipDataset:
     """The training split, captions tokenized once, decoded once by `workers` processes (unreadable videos dropped)
     and, with `frame_cache`, kept in memory as uint8 frames."""
     model = config.model
-    items = load_split(config.data, config.split, layout=config.layout)
+    items = load_split(config.data, config.split, layout=config.layout, expand_captions=config.expand_captions)
     num_frames, image_size = model.head.num_frames, model.vision.image_size
     if config.frame_cache:
         clips = len({clip_key(item) for item in items})
@@ -520,6 +521,10 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                    "InfoNCE of the served S_es + beta*S_op), or the es / op ablation")
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--val-split", help="validation split (default val)")
+    p.add_argument("--layout", help="dataset layout: auto (default), jsonl, msrvtt, didemo")
+    p.add_argument("--expand-captions", action="store_true", default=None,
+                   help="one training item per (video, caption) pair, e.g. all 20 MSR-VTT captions (default: one "
+                        "item per video, one of its captions drawn each epoch)")
     p.add_argument("--no-frame-cache", dest="frame_cache", action="store_false", default=None,
                    help="decode clips every epoch instead of keeping their frames in memory (each clip is still "
                         "decoded once up front, to drop unreadable videos before the first batch)")
@@ -544,7 +549,8 @@ def _run(args: argparse.Namespace) -> int:
               "weight_decay": args.weight_decay, "warmup": args.warmup, "grad_clip": args.grad_clip,
               "clip_mode": args.clip_mode, "grad_accum": args.grad_accum, "precision": args.precision,
               "loss": args.loss, "seed": args.seed, "hard_negatives": args.hard_negatives,
-              "init_logit_scale": args.init_logit_scale, "val_split": args.val_split,
+              "init_logit_scale": args.init_logit_scale, "val_split": args.val_split, "layout": args.layout,
+              "expand_captions": args.expand_captions,
               "frame_cache": args.frame_cache,
               "clip_weights": args.clip_weights, "init": args.init}
     if args.resume:

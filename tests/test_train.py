@@ -44,6 +44,21 @@ def test_fp16_on_cpu_is_a_clear_error(synth, tmp_path):
         train(small_config(synth, precision="fp16"), tmp_path / "run", progress=False)
 
 
+def test_expand_captions_trains_on_every_caption(synth, tmp_path):
+    """Synthetic train videos carry two captions (the caption and its paraphrase): expanded, each is an item."""
+    per_video = load_training_clips(small_config(synth), workers=0)
+    expanded = load_training_clips(small_config(synth, expand_captions=True), workers=0)
+    assert len(per_video) == 12 and len(expanded) == 24
+    from prost.cli import main
+
+    result = main(["train", "--data", str(synth), "--set", "vision.layers=2", "--set", "head.num_frames=4",
+                   "--out", str(tmp_path / "run"), "--expand-captions", "--layout", "jsonl", "--batch-size", "4",
+                   "--max-steps", "1", "--no-progress"])
+    assert result == 0
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert saved["expand_captions"] is True and saved["layout"] == "jsonl"
+
+
 def test_a_diverged_loss_stops_training_with_the_reason(synth, tmp_path):
     """lr 1e4 without clipping: the loss is NaN at step 2; training stops there instead of validating NaN scores."""
     with pytest.raises(TrainingError, match=r"the loss is nan in step 2 \(epoch 1\): training diverged"):
