@@ -56,6 +56,20 @@ def test_jsonl_merges_captions_and_falls_back_from_val_to_test(tmp_path, caplog)
     assert load_split(root, "test", videos_dir=tmp_path / "elsewhere")[0].path == tmp_path / "elsewhere/videos/b.mp4"
 
 
+def test_jsonl_windows_of_one_file_are_separate_clips(tmp_path):
+    root = write_jsonl(tmp_path, [
+        {"video": "v.mp4", "caption": "first", "split": "test", "start": 0.0, "end": 2.0, "video_id": "v-0"},
+        {"video": "v.mp4", "caption": "second", "split": "test", "start": 2.0, "end": 4.0, "video_id": "v-2"},
+        {"video": "v.mp4", "caption": "first again", "split": "test", "start": 0.0, "end": 2.0, "video_id": "v-0"},
+    ])
+    assert [(i.video_id, i.captions, i.start, i.end) for i in load_split(root, "test")] == [
+        ("v-0", ("first", "first again"), 0.0, 2.0), ("v-2", ("second",), 2.0, 4.0)]
+    unnamed = write_jsonl(tmp_path / "unnamed", [{"video": "v.mp4", "caption": c, "split": "test", "start": t}
+                                                 for c, t in (("a", 0.0), ("b", 2.0))])
+    with pytest.raises(DataError, match="share the id 'v'; set distinct video_id"):
+        load_split(unnamed, "test")
+
+
 def test_jsonl_errors_name_the_problem(tmp_path):
     root = write_jsonl(tmp_path / "only-train", [{"video": "videos/a.mp4", "caption": "a", "split": "train"}])
     with pytest.raises(DataError, match="no 'test' rows; splits present: train"):

@@ -15,7 +15,7 @@ import csv
 import json
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -103,9 +103,9 @@ def _read_csv(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
     return rows
 
 
-def _grouped(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
-    """Captions by video, in order of first appearance."""
-    captions: dict[str, list[str]] = {}
+def _grouped(pairs: Iterable[tuple[Hashable, str]]) -> dict[Any, list[str]]:
+    """Captions by video (or clip key), in order of first appearance."""
+    captions: dict[Any, list[str]] = {}
     for video, caption in pairs:
         captions.setdefault(video, []).append(caption)
     return captions
@@ -127,14 +127,12 @@ def _load_jsonl(root: Path, split: str, videos_dir: Path | None) -> list[VideoIt
         split = "test"
     if split not in present:
         raise DataError(f"{path} has no {split!r} rows; splits present: {', '.join(sorted(present)) or 'none'}")
-    rows = [row for row in rows if row[3] == split]
-    first = {video: row for row, video, _, _ in reversed(rows)}
+    # A clip is a file, a time window and an id: two windows of one file are two clips (give them distinct ids).
+    clips = _grouped(((video, row.get("start"), row.get("end"), row.get("video_id")), caption)
+                     for row, video, caption, row_split in rows if row_split == split)
     base = videos_dir or root
-    items = []
-    for video, captions in _grouped((video, caption) for _, video, caption, _ in rows).items():
-        row = first[video]
-        items.append(VideoItem(str(row.get("video_id", Path(video).stem)), base / video, tuple(captions),
-                               row.get("start"), row.get("end")))
+    items = [VideoItem(str(Path(video).stem if video_id is None else video_id), base / video, tuple(captions), start,
+                       end) for (video, start, end, video_id), captions in clips.items()]
     duplicates = [i for i, n in Counter(item.video_id for item in items).items() if n > 1]
     if duplicates:
         raise DataError(f"{path}: videos of the {split} split share the id {duplicates[0]!r}; set distinct video_id")
