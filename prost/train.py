@@ -212,11 +212,22 @@ def build_model(config: TrainConfig) -> ProstModel:
     return model
 
 
-def save_run(out: Path, model: ProstModel, optimizer, scheduler, position: dict[str, int]) -> None:
-    """Checkpoint in our format plus everything `--resume` needs to continue exactly."""
+def rank_rng_states(world: int) -> list[dict[str, Any]]:
+    """Every rank's RNG states, indexed by rank (a collective under DDP: all ranks call it)."""
+    if world == 1:
+        return [rng_state()]
+    states: list[Any] = [None] * world
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def save_run(out: Path, model: ProstModel, optimizer, scheduler, scaler, rng: list[dict[str, Any]],
+             position: dict[str, int]) -> None:
+    """Checkpoint in our format plus everything `--resume` needs to continue exactly: optimizer, schedule, the fp16
+    loss scale, and each rank's RNG states (dropout differs per rank)."""
     save_model(model, out)
-    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-             **position}
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+             "rng": rng, **position}
     tmp = out / (STATE_FILE + ".tmp")
     torch.save(state, tmp)
     tmp.replace(out / STATE_FILE)
@@ -325,7 +336,11 @@ class Trainer:
             state = load_state(out)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            set_rng_state(state["rng"])
+            self.scaler.load_state_dict(state["scaler"])
+            if len(state["rng"]) != env.world:
+                raise ConfigError(f"{out} was trained by {len(state['rng'])} process(es); resume it with as many, "
+                                  f"not {env.world}")
+            set_rng_state(state["rng"][env.rank])  # this rank's own dropout stream
             self.step, self.epoch = state["step"], state["epoch"]
         self.val_items = _val_items(config) if env.main else []
         self.metrics = MetricsLog(out / METRICS_FILE, env.main)
@@ -368,8 +383,10 @@ class Trainer:
                 self.epoch += 1
                 if self.val_items:
                     _validate(self.model, self.val_items, config, self.metrics, self.step, self.epoch)
+            rng = rank_rng_states(self.env.world)
             if self.env.main:
-                save_run(self.out, self.model, self.optimizer, self.scheduler, {"step": self.step, "epoch": self.epoch})
+                save_run(self.out, self.model, self.optimizer, self.scheduler, self.scaler, rng,
+                         {"step": self.step, "epoch": self.epoch})
             if self.env.world > 1:
                 dist.barrier()
         bar.close()
