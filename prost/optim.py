@@ -52,7 +52,7 @@ def clip_gradients(params: list[nn.Parameter], max_norm: float, mode: str) -> No
 def clamp_logit_scale(model: ProstModel) -> None:
     """Keep the learnable temperature at exp(logit_scale) <= 100, as after every official step."""
     with torch.no_grad():
-        model.clip.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
+        model.clip.logit_scale.clamp_(max=MAX_LOGIT_SCALE)  # official: an upper bound only
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig,
