@@ -218,7 +218,12 @@ def load_clip_weights(model: ProstModel, path: str | Path) -> None:
     try:
         state = torch.jit.load(str(path), map_location="cpu").state_dict()
     except RuntimeError:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle, zip and weights_only errors have no common base
+            raise CheckpointError(f"{path} is neither a TorchScript CLIP archive nor a state dict: {exc}") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a CLIP state dict")
     clip_state = {f"clip.{k}": v for k, v in state.items() if k not in ("input_resolution", "context_length", "vocab_size")}
     head = {k: v for k, v in model.state_dict().items() if not k.startswith("clip.")}
     load_state(model, {**clip_state, **head}, source=str(path))

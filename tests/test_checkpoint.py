@@ -121,6 +121,15 @@ def test_clip_weights_initialise_only_the_towers(tmp_path):
     assert torch.equal(model.word_prototype_weight[0].weight, head_before)
 
 
+def test_clip_weights_that_are_not_a_state_dict_are_named(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt is neither a TorchScript CLIP archive nor a state dict"):
+        load_clip_weights(prost.create_model("tiny"), tmp_path / "junk.pt")
+    torch.save([torch.zeros(1)], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="holds a list, not a CLIP state dict"):
+        load_clip_weights(prost.create_model("tiny"), tmp_path / "list.pt")
+
+
 def test_not_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="neither our checkpoint"):
         load_model(tmp_path)

@@ -118,6 +118,21 @@ def test_msrvtt_missing_files_are_named(msrvtt):
         load_split(msrvtt, "test")
 
 
+def test_malformed_annotation_records_are_named(msrvtt, tmp_path):
+    (msrvtt / "MSRVTT_data.json").write_text(json.dumps({"sentences": [{"video_id": "video0"}]}))
+    with pytest.raises(DataError, match=r"MSRVTT_data.json: record 0 of 'sentences' lacks caption"):
+        load_split(msrvtt, "train")
+    (msrvtt / "MSRVTT_data.json").write_text(json.dumps({"videos": []}))
+    with pytest.raises(DataError, match=r"MSRVTT_data.json: expected a list of records under 'sentences'"):
+        load_split(msrvtt, "train")
+    didemo = tmp_path / "didemo"
+    didemo.mkdir()
+    (didemo / "test_list_mp4.txt").write_text("t1.mp4\n")
+    (didemo / "test_data_mp4.json").write_text(json.dumps([{"video": "t1.mp4", "times": [[0, 0]]}]))
+    with pytest.raises(DataError, match=r"test_data_mp4.json: record 0 lacks description"):
+        load_split(didemo, "test", "didemo")
+
+
 def test_didemo_joins_descriptions_into_one_paragraph(tmp_path, caplog):
     for split, videos in (("train", ["v1.mp4", "v2.mp4", "v3.mp4"]), ("test", ["t1.mp4"])):
         (tmp_path / f"{split}_list_mp4.txt").write_text("\n".join(videos) + "\n")

@@ -94,6 +94,19 @@ def _read_json(path: Path) -> Any:
         raise DataError(f"cannot read {path}: {exc}") from exc
 
 
+def _json_records(path: Path, fields: Sequence[str], key: str | None = None) -> list[dict[str, Any]]:
+    """The records of a JSON list (or of `data[key]`), each checked for `fields`; errors name the file and record."""
+    data = _read_json(path)
+    records = data.get(key) if key is not None and isinstance(data, dict) else data
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a list of records{f' under {key!r}' if key else ''}")
+    for number, record in enumerate(records):
+        missing = [f for f in fields if not isinstance(record, dict) or f not in record]
+        if missing:
+            raise DataError(f"{path}: record {number}{f' of {key!r}' if key else ''} lacks {', '.join(missing)}")
+    return records
+
+
 def _read_csv(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -150,7 +163,8 @@ def _load_msrvtt(root: Path, split: str, videos_dir: Path | None) -> list[VideoI
         train_csv, data_json = _require(root, "msrvtt", ["MSRVTT_train.9k.csv", "MSRVTT_data.json"])
         ids = [r["video_id"] for r in _read_csv(train_csv, ("video_id",))]
         wanted = set(ids)
-        by_video = _grouped((s["video_id"], s["caption"]) for s in _read_json(data_json)["sentences"]
+        by_video = _grouped((s["video_id"], s["caption"])
+                            for s in _json_records(data_json, ("video_id", "caption"), "sentences")
                             if s["video_id"] in wanted)
         uncaptioned = [i for i in ids if i not in by_video]
         if uncaptioned:
@@ -166,7 +180,7 @@ def _load_didemo(root: Path, split: str, videos_dir: Path | None) -> list[VideoI
     name = "train" if split == "train" else "test"
     list_path, data_path = _require(root, "didemo", [f"{name}_list_mp4.txt", f"{name}_data_mp4.json"])
     listed = [line.strip() for line in list_path.read_text().splitlines() if line.strip()]
-    moments = _grouped((m["video"], m["description"]) for m in _read_json(data_path))
+    moments = _grouped((m["video"], m["description"]) for m in _json_records(data_path, ("video", "description")))
     # Paragraph retrieval over the whole clip; listed videos without descriptions are dropped, as officially.
     return [VideoItem(video, videos_dir / video, (" ".join(moments[video]),)) for video in listed if video in moments]
 

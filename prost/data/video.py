@@ -112,6 +112,10 @@ def read_frames(
             frames = _convert(source, name, chosen, image_size)
     except av.FFmpegError as exc:
         raise DataError(f"cannot read video {name}: {exc.strerror or exc}") from exc
+    missing = [int(i) for i in chosen if i not in frames]
+    if missing:
+        raise DataError(f"cannot read video {name}: the decoder returned no frame {missing[0]} "
+                        f"({len(missing)} of {len(chosen)} sampled frames missing)")
     return np.stack([frames[i] for i in chosen]), chosen
 
 
