@@ -29,6 +29,7 @@ from prost.config import ProstConfig
 from prost.data.datasets import VideoItem, load_split
 from prost.data.video import read_frames
 from prost.errors import ProstError
+from prost.train import STATE_FILE
 from prost_client.client import ProstClient
 from prost_client.wire import SearchHit
 from prost_export.server import TritonServer, free_ports
@@ -55,11 +56,15 @@ def run(workdir: Path, videos: int, train_minutes: float) -> None:
         else:
             _check(prost(["data", "synth", "--out", str(data), "--videos", str(videos), "--seed", "0"]))
     with step(f"training the tiny preset for at most {train_minutes:g} min"):
+        budget = ["--threads", "1", "--max-minutes", str(train_minutes)]
         if _finished(run_dir):
             print(f"   reusing the finished run in {run_dir}")
+        elif (run_dir / STATE_FILE).is_file():
+            print(f"   continuing the interrupted run in {run_dir} from its last checkpoint")
+            _check(prost(["train", "--resume", str(run_dir), *budget]))
         else:
             _check(prost(["train", "--data", str(data), "--preset", "tiny", "--out", str(run_dir), "--precision", "bf16",
-                          "--threads", "1", "--max-minutes", str(train_minutes), "--seed", "0"]))
+                          "--seed", "0", *budget]))
     with step("in-process evaluation on the test split"):
         _check(prost(["eval", "--checkpoint", str(run_dir), "--data", str(data), "--split", "test",
                       "--out", str(workdir / "eval.json")]))

@@ -292,6 +292,8 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, max_min
     if config.batch_size % env.world:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {env.world} ranks")
     out = Path(out)
+    if not resume and any((out / name).exists() for name in (STATE_FILE, METRICS_FILE)):
+        raise ConfigError(f"{out} already holds a run; continue it with --resume {out}, or train into another --out")
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")

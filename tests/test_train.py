@@ -70,6 +70,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synth, tmp_path):
     config = small_config(synth, lr=5e-3)
     full = train(config, tmp_path / "full", progress=False)
     assert full["stopped"] == "complete" and full["step"] == 6
+    with pytest.raises(ConfigError, match="already holds a run; continue it with --resume"):
+        train(config, tmp_path / "full", progress=False)  # a fresh run would mix its metrics into this one's
     first = train(config, tmp_path / "split", max_steps=4, progress=False)
     assert first["stopped"] == "max_steps" and load_state(tmp_path / "split")["step"] == 4
     second = train(config, tmp_path / "split", resume=True, progress=False)
