@@ -192,6 +192,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                         help="add the transductive Hungarian one-to-one R@1 (not a standard metric)")
     parser.add_argument("--batch-size", type=int, default=32, help="videos per encoder batch")
     parser.add_argument("--workers", type=int, default=0, help="decoding worker processes")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device for the encoders (default: cuda when available, else cpu)")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.set_defaults(func=_run)
 
@@ -200,7 +202,7 @@ def _run(args: argparse.Namespace) -> int:
     from prost.checkpoint import load_model
     from prost.data.datasets import load_split
 
-    model = load_model(args.checkpoint)
+    model = load_model(args.checkpoint, device=args.device)
     items = load_split(args.data, args.split, layout=args.layout)
     mode = trained_mode(Path(args.checkpoint)) if args.mode == "auto" else args.mode
     result = evaluate(model, items, mode=mode, beta=args.beta, beta_sweep=args.beta_sweep, hungarian=args.hungarian,

@@ -75,7 +75,7 @@ def test_prost_eval_cli_writes_json(synth, model, tmp_path):
     checkpoint = save_model(model, tmp_path / "ckpt")
     out = tmp_path / "results.json"
     assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(synth), "--split", "test", "--beta-sweep",
-                 "--hungarian", "--out", str(out)]) == 0
+                 "--hungarian", "--device", "cpu", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["split"] == "test" and result["mode"] == "full" and result["videos"] == 3
     for direction in ("t2v", "v2t"):
