@@ -33,6 +33,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -240,22 +241,31 @@ def load_state(out: Path) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------------- data
 
 
-def load_training_clips(config: TrainConfig, workers: int) -> ClipDataset:
-    """The training split, captions tokenized once, decoded once by `workers` processes (unreadable videos dropped)
-    and, with `frame_cache`, kept in memory as uint8 frames."""
+def load_training_clips(config: TrainConfig, workers: int, env: Dist = Dist()) -> ClipDataset:
+    """The training split, captions tokenized once, decoded once by `workers` processes (unreadable videos dropped,
+    the same ones on every rank) and, with `frame_cache`, kept in memory as uint8 frames (the memory limit shared
+    by the ranks of a machine)."""
     model = config.model
+    cache_limit = FRAME_CACHE_MAX_BYTES // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     items = load_split(config.data, config.split, layout=config.layout, expand_captions=config.expand_captions)
     num_frames, image_size = model.head.num_frames, model.vision.image_size
     if config.frame_cache:
         clips = len({clip_key(item) for item in items})
         need = clips * num_frames * 3 * image_size ** 2  # uint8 bytes at most
-        if need > FRAME_CACHE_MAX_BYTES:
+        if need > cache_limit:
             raise ConfigError(f"the frame cache of {clips} clips would take {need / 2**30:.1f} GiB "
-                              f"(limit {FRAME_CACHE_MAX_BYTES / 2**30:.0f} GiB); train with --no-frame-cache")
+                              f"(limit {cache_limit / 2**30:.1f} GiB per process); train with --no-frame-cache")
     data = ClipDataset(items, num_frames, image_size, model.max_words, train=True, seed=config.seed,
-                       cache_bytes=FRAME_CACHE_MAX_BYTES if config.frame_cache else 0, sample_fps=model.sample_fps)
-    data.preload(workers)
+                       cache_bytes=cache_limit if config.frame_cache else 0, sample_fps=model.sample_fps)
+    data.preload(workers, agree=None if env.world == 1 else partial(_readable_on_every_rank, env.device))
     return data
+
+
+def _readable_on_every_rank(device: torch.device, mask: np.ndarray) -> np.ndarray:
+    """The clips every rank could decode (an all-reduce MIN over the ranks' readable masks)."""
+    flags = torch.from_numpy(mask.astype(np.uint8)).to(device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+    return flags.cpu().numpy().astype(bool)
 
 
 # -------------------------------------------------------------------------------------------------- loop
@@ -319,7 +329,7 @@ class Trainer:
         self.config, self.out, self.env = config, out, env
         self.model = (load_model(out) if resume else build_model(config)).to(env.device).train()
         seed_everything(config.seed)
-        self.data = load_training_clips(config, config.workers or min(4, os.cpu_count() or 1))
+        self.data = load_training_clips(config, config.workers or min(4, os.cpu_count() or 1), env)
         self.local_batch = config.batch_size // env.world
         self.sampler = _sampler(self.data, config, env)
         self.steps_per_epoch = len(self.sampler) // self.local_batch // config.grad_accum

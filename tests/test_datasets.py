@@ -231,6 +231,21 @@ def test_preload_drops_unreadable_videos_up_front_with_one_warning_each(clips, c
     assert "skipped 1 unreadable videos of 7 (1 items)" in [r.getMessage() for r in caplog.records]
 
 
+def test_preload_keeps_only_the_clips_every_rank_could_read(clips):
+    """Under DDP the ranks' readable masks are combined (all-reduce MIN): a clip another rank could not read is
+    dropped here too, so all ranks hold the same items."""
+    seen = []
+
+    def other_rank_lost_clip_1(mask):
+        seen.append(mask.tolist())
+        return mask & (np.arange(len(mask)) != 1)
+
+    dataset = ClipDataset(clips, L, S, W)
+    dataset.preload(agree=other_rank_lost_clip_1)
+    assert seen == [[True, True, True, False, True, True, True]]  # this process could not read v3 itself
+    assert [item.path for item in dataset.items] == [item.path for k, item in enumerate(clips) if k not in (1, 3)]
+
+
 def test_preload_decodes_each_clip_once_and_later_failures_raise(clips, monkeypatch):
     """Items sharing a clip (MSR-VTT --expand) decode once; after the check a failing clip is an error, not a
     smaller batch (the DDP all-gather needs equal batches)."""

@@ -255,19 +255,23 @@ class ClipDataset(Dataset):
         """Draw this epoch's training captions (the sampler's `set_epoch` sets the order)."""
         self.epoch = epoch
 
-    def preload(self, workers: int = 0) -> None:
+    def preload(self, workers: int = 0, agree: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         """Decode each distinct clip once with up to `workers` processes, filling the cache, and drop the items of
         unreadable videos, so every later batch is full (the DDP all-gather needs equal batches). Afterwards a clip
-        that fails to decode raises instead of shrinking a batch."""
+        that fails to decode raises instead of shrinking a batch.
+
+        `agree` maps this process's readable mask (one bool per distinct clip) to the one to keep: under DDP, what
+        every rank could read, so that all ranks hold the same items."""
         first: dict[ClipKey, int] = {}
         for index, item in enumerate(self.items):
             first.setdefault(clip_key(item), index)
         loader = DataLoader(list(first.values()), batch_size=None, num_workers=workers, collate_fn=self._read)
-        readable = set()
-        for key, entry in zip(first, loader):
+        mask = np.zeros(len(first), dtype=bool)
+        for n, (key, entry) in enumerate(zip(first, loader)):
             if entry is not None:
                 self.cache.put(key, entry)
-                readable.add(key)
+                mask[n] = True
+        readable = {key for key, ok in zip(first, agree(mask) if agree else mask) if ok}
         keep = [i for i, item in enumerate(self.items) if clip_key(item) in readable]
         if len(readable) < len(first):
             logger.warning("skipped %d unreadable videos of %d (%d items)", len(first) - len(readable), len(first),
