@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -23,6 +24,9 @@ class Dist:
         return self.rank == 0
 
 
+COLLECTIVE_TIMEOUT = timedelta(hours=1)
+
+
 def init_distributed() -> Dist:
     """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on CUDA, Gloo on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -33,7 +37,9 @@ def init_distributed() -> Dist:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # Rank 0 validates alone after each epoch while the others wait at a barrier: a long validation set
+        # (DiDeMo at 64 frames) must not trip NCCL's 10-minute default.
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
     return Dist(rank=dist.get_rank(), world=dist.get_world_size(), device=device)
 
 
