@@ -302,8 +302,11 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, max_min
     if config.batch_size % env.world:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {env.world} ranks")
     out = Path(out)
-    if not resume and any((out / name).exists() for name in (STATE_FILE, METRICS_FILE)):
+    if not resume and (out / STATE_FILE).exists():
         raise ConfigError(f"{out} already holds a run; continue it with --resume {out}, or train into another --out")
+    if not resume and env.main and (out / METRICS_FILE).exists():
+        log.info("%s holds the metrics of a run that never reached a checkpoint; starting over", out)
+        (out / METRICS_FILE).unlink()
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
@@ -348,11 +351,13 @@ class Trainer:
             state = load_state(out)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
-            if len(state["rng"]) != env.world:
-                raise ConfigError(f"{out} was trained by {len(state['rng'])} process(es); resume it with as many, "
+            if "scaler" in state:  # runs saved before 2026-11-28 have none
+                self.scaler.load_state_dict(state["scaler"])
+            ranks = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # older runs: one process
+            if len(ranks) != env.world:
+                raise ConfigError(f"{out} was trained by {len(ranks)} process(es); resume it with as many, "
                                   f"not {env.world}")
-            set_rng_state(state["rng"][env.rank])  # this rank's own dropout stream
+            set_rng_state(ranks[env.rank])  # this rank's own dropout stream
             self.step, self.epoch = state["step"], state["epoch"]
         self.val_items = _val_items(config) if env.main else []
         self.metrics = MetricsLog(out / METRICS_FILE, env.main)

@@ -1,6 +1,7 @@
 """Training: recipe defaults, exact resume, the up-front decode pass, CLI checks."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -61,7 +62,7 @@ def test_expand_captions_trains_on_every_caption(synth, tmp_path):
 
 def test_a_diverged_loss_stops_training_with_the_reason(synth, tmp_path):
     """lr 1e4 without clipping: the loss is NaN at step 2; training stops there instead of validating NaN scores."""
-    with pytest.raises(TrainingError, match=r"the loss is nan in step 2 \(epoch 1\): training diverged"):
+    with pytest.raises(TrainingError, match=r"the loss is (nan|-?inf) in step \d+ \(epoch 1\): training diverged"):
         train(small_config(synth, lr=1e4, grad_clip=0.0, warmup=0.0), tmp_path / "run", progress=False)
 
 
@@ -72,13 +73,25 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synth, tmp_path):
     assert full["stopped"] == "complete" and full["step"] == 6
     with pytest.raises(ConfigError, match="already holds a run; continue it with --resume"):
         train(config, tmp_path / "full", progress=False)  # a fresh run would mix its metrics into this one's
+    (tmp_path / "died").mkdir()
+    (tmp_path / "died" / METRICS_FILE).write_text('{"kind": "start"}\n')  # a run killed before its first checkpoint
+    assert train(config, tmp_path / "died", max_steps=1, progress=False)["step"] == 1
+    starts = [line for line in (tmp_path / "died" / METRICS_FILE).read_text().splitlines() if '"start"' in line]
+    assert len(starts) == 1 and '"total_steps"' in starts[0]
     first = train(config, tmp_path / "split", max_steps=4, progress=False)
+    shutil.copytree(tmp_path / "split", tmp_path / "old-format")
+    state = load_state(tmp_path / "old-format")  # as saved before per-rank RNG states and the loss scale
+    torch.save({**{k: v for k, v in state.items() if k != "scaler"}, "rng": state["rng"][0]},
+               tmp_path / "old-format" / STATE_FILE)
     assert first["stopped"] == "max_steps" and load_state(tmp_path / "split")["step"] == 4
     second = train(config, tmp_path / "split", resume=True, progress=False)
     assert second["step"] == 6
+    assert train(config, tmp_path / "old-format", resume=True, progress=False)["step"] == 6
     a = load_file(str(tmp_path / "full" / "model.safetensors"))
     b = load_file(str(tmp_path / "split" / "model.safetensors"))
     assert a.keys() == b.keys()
+    old = load_file(str(tmp_path / "old-format" / "model.safetensors"))
+    assert all(torch.equal(a[k], old[k]) for k in a)
     initial = create_model(config.model, seed=config.seed).state_dict()
     assert any(not torch.equal(a[k], initial[k]) for k in a)  # training moved the weights
     different = [k for k in a if not torch.equal(a[k], b[k])]
