@@ -227,14 +227,14 @@ class _Base:
     def _publish_gallery(self, videos, video_ids, repository, similarity_onnx, batch_size, progress,
                          keep_versions) -> Plan:
         ids = wire.video_ids_for(videos, video_ids)
+        wire.check_keep_versions(keep_versions)  # before encoding, like every argument check
         if repository is None:
             wire.upload_files(0, {}, similarity_onnx)  # fail before encoding when the graph is missing
         objects, events = yield from self._encode_videos(videos, batch_size, progress)
         return (yield from self._publish_prototypes(ids, objects, events, repository, similarity_onnx, keep_versions))
 
     def _publish_prototypes(self, video_ids, objects, events, repository, similarity_onnx, keep_versions) -> Plan:
-        if keep_versions is not None and keep_versions < 1:
-            raise ClientError(f"keep_versions must be >= 1 (the new version stays), got {keep_versions}")
+        wire.check_keep_versions(keep_versions)
         files = gallery.gallery_files(video_ids, objects, events)
         if repository is None:
             known = yield from self._gallery_states()

@@ -152,6 +152,11 @@ def similarity_request(text, video, beta: float) -> dict:
     return {"model_name": P.SIMILARITY_MODEL, "inputs": inputs, "outputs": outputs(P.SIMILARITY)}
 
 
+def check_keep_versions(keep_versions: int | None) -> None:
+    if keep_versions is not None and keep_versions < 1:
+        raise ClientError(f"keep_versions must be >= 1 (the new version stays), got {keep_versions}")
+
+
 def max_batch_size(config: dict) -> int:
     """A served model's max_batch_size from its JSON config; refuses a model that does not batch."""
     size = int(config.get("max_batch_size", 0))

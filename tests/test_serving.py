@@ -295,6 +295,8 @@ def test_publishing_keeps_only_the_newest_versions(client, published_gallery, mo
     assert client.search(["a red circle"], top_k=len(ids))[0]
     with pytest.raises(errors.ClientError, match="keep_versions must be >= 1"):
         client.publish_prototypes(ids, objects, events, repository=model_repository, keep_versions=0)
+    with pytest.raises(errors.ClientError, match="keep_versions must be >= 1"):  # refused before any encoding
+        client.publish_gallery([Path("/nonexistent.mp4")], ["x"], repository=model_repository, keep_versions=0)
 
 
 def test_top_k_ties_keep_the_lower_index_at_the_boundary():
