@@ -68,6 +68,13 @@ def test_jsonl_windows_of_one_file_are_separate_clips(tmp_path):
                                                  for c, t in (("a", 0.0), ("b", 2.0))])
     with pytest.raises(DataError, match="share the id 'v'; set distinct video_id"):
         load_split(unnamed, "test")
+    partly = write_jsonl(tmp_path / "partly", [{"video": "v.mp4", "caption": "a", "split": "test", "video_id": "v-0"},
+                                               {"video": "v.mp4", "caption": "b", "split": "test"}])
+    with pytest.raises(DataError, match=r"name different video_id values \['None', 'v-0'\]"):
+        load_split(partly, "test")
+    listed = write_jsonl(tmp_path / "listed", [{"video": "v.mp4", "caption": "a", "split": "test", "start": [1]}])
+    with pytest.raises(DataError, match="start of v.mp4 must be a number of seconds or null, got \\[1\\]"):
+        load_split(listed, "test")
 
 
 def test_jsonl_errors_name_the_problem(tmp_path):

@@ -15,7 +15,7 @@ import csv
 import json
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -116,9 +116,9 @@ def _read_csv(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
     return rows
 
 
-def _grouped(pairs: Iterable[tuple[Hashable, str]]) -> dict[Any, list[str]]:
-    """Captions by video (or clip key), in order of first appearance."""
-    captions: dict[Any, list[str]] = {}
+def _grouped(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """Captions by video, in order of first appearance."""
+    captions: dict[str, list[str]] = {}
     for video, caption in pairs:
         captions.setdefault(video, []).append(caption)
     return captions
@@ -140,16 +140,35 @@ def _load_jsonl(root: Path, split: str, videos_dir: Path | None) -> list[VideoIt
         split = "test"
     if split not in present:
         raise DataError(f"{path} has no {split!r} rows; splits present: {', '.join(sorted(present)) or 'none'}")
-    # A clip is a file, a time window and an id: two windows of one file are two clips (give them distinct ids).
-    clips = _grouped(((video, row.get("start"), row.get("end"), row.get("video_id")), caption)
-                     for row, video, caption, row_split in rows if row_split == split)
+    # A clip is a file and a time window: two windows of one file are two clips (which need distinct ids).
+    clips: dict[tuple[str, float | None, float | None], tuple[list[str], set[str | None]]] = {}
+    for row, video, caption, row_split in rows:
+        if row_split == split:
+            captions, names = clips.setdefault((video, _seconds(row, "start", path), _seconds(row, "end", path)),
+                                               ([], set()))
+            captions.append(caption)
+            names.add(None if row.get("video_id") is None else str(row["video_id"]))
     base = videos_dir or root
-    items = [VideoItem(str(Path(video).stem if video_id is None else video_id), base / video, tuple(captions), start,
-                       end) for (video, start, end, video_id), captions in clips.items()]
+    items = []
+    for (video, start, end), (captions, names) in clips.items():
+        if len(names) > 1:
+            raise DataError(f"{path}: the lines of {video} ({start}-{end} s) name different video_id values "
+                            f"{sorted(map(str, names))}; give every line of a clip the same one")
+        (video_id,) = names
+        items.append(VideoItem(Path(video).stem if video_id is None else video_id, base / video, tuple(captions),
+                               start, end))
     duplicates = [i for i, n in Counter(item.video_id for item in items).items() if n > 1]
     if duplicates:
         raise DataError(f"{path}: videos of the {split} split share the id {duplicates[0]!r}; set distinct video_id")
     return items
+
+
+def _seconds(row: dict, key: str, path: Path) -> float | None:
+    """A record's optional start or end time, in seconds."""
+    value = row.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise DataError(f"{path}: {key} of {row['video']} must be a number of seconds or null, got {value!r}")
+    return value
 
 
 def _load_msrvtt(root: Path, split: str, videos_dir: Path | None) -> list[VideoItem]:
