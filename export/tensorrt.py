@@ -270,7 +270,6 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("build-engines", help="build TensorRT engines from an export directory (GPU)")
     parser.add_argument("--export", required=True, help="directory written by `prost export`")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp16")
-    parser.add_argument("--min-batch", type=int, default=1)
     parser.add_argument("--opt-batch", type=int, default=8)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--timing-cache", type=Path, help="timing cache file (default: EXPORT/timing.sm<cc>.cache)")
@@ -281,7 +280,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 def _build_cmd(args: argparse.Namespace) -> int:
     require_tensorrt()
     engines = build_engines(Path(args.export), precision=args.precision,
-                            profile=Profile(args.min_batch, args.opt_batch, args.max_batch),
+                            profile=Profile(1, args.opt_batch, args.max_batch),  # Triton sends batches of 1
                             timing_cache=args.timing_cache, data=args.data)
     for name, meta in engines.items():
         print(f"{name}: {meta['file']} ({meta['precision']}, TensorRT {meta['tensorrt']}, {meta['gpu']}, "
