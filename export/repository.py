@@ -158,7 +158,7 @@ def _spec_io(spec: TensorSpec, batched: bool, optional: bool = False) -> tuple:
 
 
 def _batching(config: mc.ModelConfig, options: RepositoryOptions) -> None:
-    """Dynamic batching with a short delay; no preferred_batch_size, which serving.md keeps for multi-profile engines."""
+    """Dynamic batching with a short delay; no preferred_batch_size (serving.md: for multi-profile engines only)."""
     config.dynamic_batching.max_queue_delay_microseconds = options.queue_delay_us
 
 

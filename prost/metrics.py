@@ -7,9 +7,10 @@ Conventions (official `metrics.py::compute_metrics`, ProST main_my.py lines 300-
 * Ties: the official code finds the rank by equality (`np.where(sorted - gt == 0)`), so a ground truth tied with
   other items takes the best of the tied positions. We follow it: rank = number of items scoring *strictly* higher.
   (The official code also emits one extra entry per tied position, inflating its denominator; we keep exactly one
-  rank per query.) NaN scores count as -inf, as officially: below every item, tied with each other. Because a constant (collapsed) matrix would then score
-  perfectly, every result also reports `tied`, the number of queries whose ground truth ties another item, and
-  `ties="pessimistic"` (every tied item ranked above the ground truth) gives the other bound.
+  rank per query.) NaN scores count as -inf, as officially: below every item, tied with each other. Because a
+  constant (collapsed) matrix would then score perfectly, every result also reports `tied`, the number of queries
+  whose ground truth ties another item, and `ties="pessimistic"` (every tied item ranked above the ground truth)
+  gives the other bound.
 * Several captions per video: text-to-video rows are captions, each with its video as ground truth; video-to-text
   ranks videos' caption groups by their best caption, G[v, u] = max over u's captions of S[c, v], as CLIP4Clip's
   multi-sentence protocol (a video's own other captions never count against it, another video counts once).

@@ -52,3 +52,14 @@ def test_image_pins_match_pyproject(dockerfile):
     expected = _pins(" ".join(f'"{d}"' for d in [*project["dependencies"], *project["optional-dependencies"]["gpu"]]))
     pinned = _pins((ROOT / "docker" / dockerfile).read_text())
     assert pinned and {name: expected.get(name) for name in pinned} == pinned
+
+
+def test_export_image_installs_every_dependency_prost_imports():
+    """`prost` imports every command module at start, so the export image needs all of pyproject's dependencies
+    except those the NGC PyTorch image brings (torch, numpy) and the CPU-only ones it replaces or does not serve."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    provided = {"torch", "numpy", "onnxruntime", "nvidia-pytriton"}  # onnxruntime: onnxruntime-gpu instead
+    needed = set(_pins(" ".join(f'"{d}"' for d in project["dependencies"]))) - provided
+    pinned = _pins((ROOT / "docker" / "export.Dockerfile").read_text())
+    assert needed <= set(pinned), sorted(needed - set(pinned))
+    assert "onnxruntime-gpu" in pinned
