@@ -88,6 +88,9 @@ class RepositoryOptions:
                      "max_source_frames"):
             if getattr(self, name) < 1:
                 raise RepositoryError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_top_k < P.DEFAULT_TOP_K:
+            raise RepositoryError(f"max_top_k {self.max_top_k} is below the default TOP_K {P.DEFAULT_TOP_K}: every "
+                                  f"search without TOP_K would be refused")
 
 
 def write_repository(export_dir: str | Path, out: str | Path, variant: str = "cpu", **options) -> Path:
@@ -188,6 +191,8 @@ def _graph_model(name: str, spec: GraphSpec, mbs: int, export_dir: Path, manifes
         model.backend = "python"
         model.parameters["ONNX_FILE"].string_value = "model.onnx"
         model.parameters["INTRA_OP_THREADS"].string_value = str(options.intra_op_threads)
+        if not mbs:  # prost_similarity: T x V grows with both counts; the ensembles never send more than this
+            model.parameters["MAX_ITEMS"].string_value = str(max(options.max_batch_size, options.max_video_batch_size))
         files["model.py"] = runner
     elif options.variant == "onnxruntime":
         model.backend = "onnxruntime"

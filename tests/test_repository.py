@@ -324,3 +324,8 @@ def test_tensorrt_plans_must_match_the_serving_tensorrt_and_take_batch_1(onnx_di
     add_engines(export, "9.0", min_batch=2)
     with pytest.raises(RepositoryError, match="profile min 2, but Triton sends batches of 1"):
         write_repository(export, tmp_path / "min", "tensorrt")
+
+
+def test_max_top_k_below_the_default_top_k_is_refused(onnx_dir, tmp_path):
+    with pytest.raises(RepositoryError, match="max_top_k 5 is below the default TOP_K 10"):
+        write_repository(onnx_dir, tmp_path / "repo", "cpu", max_top_k=5)

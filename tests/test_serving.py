@@ -24,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 import prost
 from prost.data.video import decode_video
 from prost.model.prost import TextPrototypes, VideoPrototypes
-from prost_client import errors, gallery as G, protocol as P
+from prost_client import errors, gallery as G, protocol as P, wire
 from prost_client.client import AsyncProstClient, ProstClient
 from prost_client.wire import key_headers
 from prost_model_repository.gallery.ranking import merge_top_k
@@ -172,6 +172,24 @@ def test_wrong_top_k_dtype_and_malformed_video_are_invalid_argument(triton_serve
     # (server readiness is briefly false while an old gallery version unloads after a publish; models stay ready)
     assert raw.is_server_live() and raw.is_model_ready(P.ENCODE_VIDEO_MODEL)
     assert client.encode_videos(synthetic_videos[:1])[0].shape[0] == 1
+
+
+def test_direct_similarity_requests_are_bounded(triton_server, client, synthetic_videos):
+    """prost_similarity cannot batch (T x V), so it takes at most the repository's largest batch (32) per side: 33
+    texts get INVALID_ARGUMENT instead of a matrix that grows with the request."""
+    phrases, sentence = client.encode_texts(["a red circle moves left"] * 33)
+    objects, events = client.encode_videos(synthetic_videos[:1])
+    raw = grpcclient.InferenceServerClient(triton_server.url)
+
+    def request(texts: int):
+        arrays = {P.PHRASE_PROTOTYPES: phrases[:texts], P.SENTENCE_EMBEDDING: sentence[:texts],
+                  P.OBJECT_PROTOTYPES: objects, P.EVENT_PROTOTYPES: events, P.BETA: np.array([1.0], np.float32)}
+        return raw.infer(P.SIMILARITY_MODEL, [wire.array_input(name, value) for name, value in arrays.items()])
+
+    assert request(32).as_numpy(P.SIMILARITY).shape == (32, 1)
+    with pytest.raises(InferenceServerException, match="has 33 items; this model takes at most 32") as info:
+        request(33)
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
 def test_a_bad_video_fails_only_its_own_request(triton_server, synthetic_videos):

@@ -18,8 +18,8 @@ import triton_python_backend_utils as pb_utils
 
 from prost_client import gallery as G, protocol as P
 from prost_model_repository.gallery.ranking import merge_top_k
-from prost_model_repository.utils import ParameterError, dims, invalid, model_config, ort_session, param_float
-from prost_model_repository.utils import param_int, parameters, version_dir
+from prost_model_repository.utils import ParameterError, dims, internal, invalid, model_config, ort_session
+from prost_model_repository.utils import param_float, param_int, parameters, version_dir
 
 
 class GalleryError(ParameterError):
@@ -56,6 +56,8 @@ class TritonPythonModel:
         self.beta = np.array([param_float(params, "BETA")], np.float32)
         self.max_top_k = param_int(params, "MAX_TOP_K", 1000, minimum=1)
         self.default_top_k = param_int(params, "DEFAULT_TOP_K", P.DEFAULT_TOP_K, minimum=1)
+        if self.default_top_k > self.max_top_k:
+            raise ParameterError(f"DEFAULT_TOP_K={self.default_top_k} exceeds MAX_TOP_K={self.max_top_k}")
         self.block = param_int(params, "BLOCK_ELEMENTS", 1 << 24, minimum=1)
         directory = version_dir(args)
         self.session = ort_session(directory / G.SIMILARITY_FILE, param_int(params, "INTRA_OP_THREADS", 0))
@@ -85,11 +87,19 @@ class TritonPythonModel:
         if work:  # all valid requests of the dynamic batch in one pass over the gallery
             phrases = np.concatenate([w[1] for w in work])
             sentence = np.concatenate([w[2] for w in work])
-            top_idx, top_scores = self._top_k(phrases, sentence, max(w[3] for w in work))  # [T, K]
+            try:
+                top_idx, top_scores = self._top_k(phrases, sentence, max(w[3] for w in work))  # [T, K]
+            except Exception as exc:  # noqa: BLE001 - answer every request instead of failing the stub's batch
+                for i, *_ in work:
+                    responses[i] = internal(f"scoring the gallery failed: {type(exc).__name__}: {exc}")
+                return responses
             row = 0
             for i, p, _, k in work:
                 rows = slice(row, row + len(p))
-                responses[i] = self._response(p, top_idx[rows, :k], top_scores[rows, :k])
+                try:
+                    responses[i] = self._response(p, top_idx[rows, :k], top_scores[rows, :k])
+                except Exception as exc:  # noqa: BLE001 - this request fails alone
+                    responses[i] = internal(f"building the response failed: {type(exc).__name__}: {exc}")
                 row += len(p)
         return responses
 
@@ -100,8 +110,10 @@ class TritonPythonModel:
         best_s = np.zeros((n_t, 0), np.float32)
         if k == 0:
             return best_i, best_s
-        per_video = n_t * phrases.shape[1] * int(np.prod(self.objects.shape[1:3]))  # [T, Np, 1, L, No] block
-        chunk = max(1, self.block // max(1, per_video))
+        # Elements per video of a chunk: its [T, Np, L, No] score block, or its float32 copy [L, No, D] + [Ne, D].
+        per_video = max(n_t * phrases.shape[1] * int(np.prod(self.objects.shape[1:3])),
+                        int(np.prod(self.objects.shape[1:])) + int(np.prod(self.events.shape[1:])))
+        chunk = max(1, self.block // per_video)
         for v0 in range(0, n_v, chunk):
             feed = {P.PHRASE_PROTOTYPES: phrases, P.SENTENCE_EMBEDDING: sentence, P.BETA: self.beta,
                     P.OBJECT_PROTOTYPES: self.objects[v0:v0 + chunk].astype(np.float32),

@@ -4,6 +4,8 @@ One source for the three models; the config says which graph and which tensors:
   ONNX_FILE           graph file in the version directory (default "model.onnx")
   INTRA_OP_THREADS    ONNX Runtime intra-op threads (default 0 = ONNX Runtime's choice)
   DEFAULT_<INPUT>     JSON value of an `optional` input when a request omits it (e.g. DEFAULT_BETA = "[1.0]")
+  MAX_ITEMS           unbatched models: the most items along any input's first dim (default 0 = no limit); larger
+                      requests get INVALID_ARGUMENT instead of a similarity matrix that exhausts memory
 Batched models (max_batch_size > 0) run every request of a dynamic batch in one ONNX Runtime call, then split.
 """
 
@@ -21,6 +23,7 @@ class TritonPythonModel:
         config = model_config(args)
         params = parameters(config)
         self.batched = int(config.get("max_batch_size", 0)) > 0
+        self.max_items = param_int(params, "MAX_ITEMS", 0, minimum=0)
         self.session = ort_session(version_dir(args) / param(params, "ONNX_FILE", "model.onnx"),
                                    param_int(params, "INTRA_OP_THREADS", 0))
         graph_inputs = {i.name for i in self.session.get_inputs()}
@@ -68,6 +71,9 @@ class TritonPythonModel:
                 for a, b in zip(bounds[:-1], bounds[1:])]
 
     def _run_one(self, feed):
+        over = [name for name in self.inputs if self.max_items and feed[name].ndim and len(feed[name]) > self.max_items]
+        if over:
+            return invalid(f"{over[0]} has {len(feed[over[0]])} items; this model takes at most {self.max_items}")
         try:
             results = self.session.run(self.outputs, feed)
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime rejects the input (e.g. inconsistent sizes)
