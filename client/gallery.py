@@ -158,13 +158,25 @@ def write_version(model_dir: Path, files: dict[str, bytes | Path], minimum: int 
                     shutil.copyfile(data, path)
                 else:
                     path.write_bytes(data)
+                _fsync(path)
             staging.chmod(0o755)  # mkdtemp creates it 0700; the server may run as another user
+            _fsync(staging)
             staging.rename(target)
+            _fsync(model_dir)  # a crash after this leaves the whole version or none of it
         except OSError as exc:
             raise ClientError(f"cannot write version {version} of {model_dir}: {exc}") from exc
         finally:
             shutil.rmtree(staging, ignore_errors=True)  # gone after the rename; removes leftovers on failure
     return version
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or directory to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def stage_version(repository: Path, model: str, files: dict[str, bytes], minimum: int) -> int:

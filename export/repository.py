@@ -104,19 +104,21 @@ def write_repository(export_dir: str | Path, out: str | Path, variant: str = "cp
     config = ProstConfig.from_dict(manifest["config"])
     out.mkdir(parents=True, exist_ok=True)
     models = build_models(export_dir, manifest, config, options)
+    described = {}
     try:
         for name, spec in models.items():
-            with G.DirectoryLock(out / name):  # the gallery: from reading its data to writing the new version
+            with G.DirectoryLock(out / name):  # the gallery: from reading its data to describing the new version
                 if name == P.GALLERY_MODEL:
                     spec.files.update(_gallery_data(out, spec.config, config))
                 version = _write_model(out / name, spec)
+                described[name] = G.describe_model_dir(out / name)  # a publisher may prune once the lock is free
             log.info("%s: %s", name, f"version {version} written" if version else "unchanged")
         with G.DirectoryLock(out):
             G.write_manifest(out, {
                 "format": REPOSITORY_FORMAT, "variant": variant,
                 "export": {"path": str(export_dir.resolve()), "config": manifest["config"],
                            "files": {k: v["sha256"] for k, v in manifest["files"].items()}},
-                "models": {name: G.describe_model_dir(out / name) for name in sorted(models)}}, locked=True)
+                "models": dict(sorted(described.items()))}, locked=True)
     except ClientError as exc:  # a lock kept by another writer, or a version that cannot be written
         raise RepositoryError(str(exc)) from exc
     return out
