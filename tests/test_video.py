@@ -152,6 +152,15 @@ def test_bad_bytes_raise_data_error(data):
         decode_video(data, 8, S)
 
 
+def test_frames_larger_than_8k_are_refused_before_decoding(long_video, monkeypatch):
+    """The limit is read from the stream header; lowered below this 48x40 clip, it must refuse it by its size."""
+    import prost.data.video as video
+
+    monkeypatch.setattr(video, "MAX_FRAME_PIXELS", 48 * 40 - 1)
+    with pytest.raises(DataError, match=r"48x40 frames exceed 8K"):
+        decode_video(long_video, 8, S)
+
+
 def test_empty_window_and_reversed_window_are_errors(long_video):
     with pytest.raises(DataError, match="zero frames between 5.0 s"):
         decode_video(long_video, 8, S, start=5.0)

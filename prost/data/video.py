@@ -25,6 +25,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VideoSource = str | os.PathLike | bytes
 
 # Below this many pixels per frame, codec threads cost more to start than they save (~1 ms per clip at 96x72).
+MAX_FRAME_PIXELS = 7680 * 4320  # 8K UHD: larger frames are refused before decoding (memory per RGB frame)
 _THREADING_MIN_PIXELS = 640 * 360
 
 
@@ -138,7 +139,12 @@ def _open(source: VideoSource, name: str) -> tuple[av.container.InputContainer, 
         container.close()
         raise DataError(f"cannot read video {name}: no video stream (audio-only or not a video file)")
     stream = container.streams.video[0]
-    if stream.codec_context.width * stream.codec_context.height < _THREADING_MIN_PIXELS:
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if width * height > MAX_FRAME_PIXELS:
+        container.close()
+        raise DataError(f"cannot read video {name}: {width}x{height} frames exceed 8K ({MAX_FRAME_PIXELS} pixels); "
+                        f"each decoded frame would take {3 * width * height / 2**20:.0f} MiB")
+    if width * height < _THREADING_MIN_PIXELS:
         stream.thread_type = "NONE"
     return container, stream
 
