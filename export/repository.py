@@ -51,7 +51,7 @@ from prost.errors import ProstError, RepositoryError
 from prost_client import gallery as G, protocol as P
 from prost_client.errors import ClientError
 from prost_export.ensembles import DTYPES, ModelSpec, ensembles, model_config, tensor
-from prost_export.specs import GraphSpec, TensorSpec, graph_specs
+from prost_export.specs import GraphSpec, TensorSpec, arch_tag, graph_specs
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ def _plan_files(export_dir: Path, manifest: dict, spec: GraphSpec, model: mc.Mod
     files: dict[str, Path] = {}
     for key, entry in sorted(entries.items()):
         path, cc = export_dir / entry["file"], entry["compute_capability"]
-        target = f"model.sm{cc.replace('.', '')}.plan"
+        target = f"model.{arch_tag(cc)}.plan"
         if target in files:
             raise RepositoryError(f"two plans of {spec.name} for compute capability {cc}: {files[target].name} and "
                                   f"{path.name}; remove one from the manifest")

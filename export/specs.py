@@ -64,3 +64,8 @@ def graph_specs(config: ProstConfig) -> dict[str, GraphSpec]:
         tuple(TensorSpec(n, "float32", (TEXTS, VIDEOS)) for n in (p.SIMILARITY, p.S_ES, p.S_OP)),
     )
     return {g.name: g for g in (video, text, similarity)}
+
+
+def arch_tag(compute_capability: str) -> str:
+    """`sm90` for compute capability "9.0": the suffix that keeps plans and timing caches of several GPUs apart."""
+    return f"sm{compute_capability.replace('.', '')}"

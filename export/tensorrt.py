@@ -21,7 +21,7 @@ from prost.errors import DependencyError, ExportError
 from prost_client.gallery import sha256_file
 from prost_export.onnx import MANIFEST, example_inputs, read_manifest, write_json_atomic
 from prost_export.parity import ParityReport, compare, onnx_session, run_onnx
-from prost_export.specs import GraphSpec, graph_specs
+from prost_export.specs import GraphSpec, arch_tag, graph_specs
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,12 @@ def gpu_identity() -> dict:
 
 def plan_name(spec: GraphSpec, compute_capability: str) -> str:
     """`<graph>.sm<cc>.plan`, so one export directory can hold engines for several GPU architectures."""
-    return f"{spec.name}.sm{compute_capability.replace('.', '')}.plan"
+    return f"{spec.name}.{arch_tag(compute_capability)}.plan"
 
 
 def timing_cache_name(compute_capability: str) -> str:
     """`timing.sm<cc>.cache`: timings are per GPU architecture, like the plans beside them."""
-    return f"timing.sm{compute_capability.replace('.', '')}.cache"
+    return f"timing.{arch_tag(compute_capability)}.cache"
 
 
 def _shape(spec_shape: tuple, batch: int) -> tuple[int, ...]:

@@ -71,7 +71,7 @@ class TritonPythonModel:
                 for a, b in zip(bounds[:-1], bounds[1:])]
 
     def _run_one(self, feed):
-        over = [name for name in self.inputs if self.max_items and feed[name].ndim and len(feed[name]) > self.max_items]
+        over = [n for n in self.inputs if self.max_items and feed[n].ndim and len(feed[n]) > self.max_items]
         if over:
             return invalid(f"{over[0]} has {len(feed[over[0]])} items; this model takes at most {self.max_items}")
         try:

@@ -24,8 +24,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 VideoSource = str | os.PathLike | bytes
 
-# Below this many pixels per frame, codec threads cost more to start than they save (~1 ms per clip at 96x72).
 MAX_FRAME_PIXELS = 7680 * 4320  # 8K UHD: larger frames are refused before decoding (memory per RGB frame)
+# Below this many pixels per frame, codec threads cost more to start than they save (~1 ms per clip at 96x72).
 _THREADING_MIN_PIXELS = 640 * 360
 
 
