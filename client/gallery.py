@@ -195,6 +195,7 @@ def stage_version(repository: Path, model: str, files: dict[str, bytes], minimum
         if not (latest / name).is_file():
             raise ClientError(f"{latest / name} is missing; rebuild the repository with `prost repository build`")
     files = {**files, **{name: (latest / name).read_bytes() for name in (MODEL_FILE, SIMILARITY_FILE)}}
+    read_manifest(repository)  # refuse before writing a version that could not be listed
     version = write_version(model_dir, files, minimum=minimum, locked=True)
     update_manifest(repository, model)
     return version
@@ -241,10 +242,23 @@ def update_manifest(repository: Path, model: str) -> None:
     """Refresh one model's entry in `<repository>/manifest.json` (written by `prost repository build`), holding
     the repository's lock so concurrent updates of different entries are not lost."""
     with DirectoryLock(repository):
-        path = Path(repository) / MANIFEST_FILE
-        manifest = json.loads(path.read_text()) if path.exists() else {"models": {}}
+        manifest = read_manifest(repository)
         manifest.setdefault("models", {})[model] = describe_model_dir(Path(repository) / model)
         write_manifest(repository, manifest, locked=True)
+
+
+def read_manifest(repository: Path) -> dict:
+    """`<repository>/manifest.json`, or an empty one when there is none yet."""
+    path = Path(repository) / MANIFEST_FILE
+    if not path.exists():
+        return {"models": {}}
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ClientError(f"cannot read {path}: {exc}; `prost repository build` rewrites it") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("models", {}), dict):
+        raise ClientError(f"{path} is not a repository manifest; `prost repository build` rewrites it")
+    return manifest
 
 
 def write_manifest(repository: Path, manifest: dict, *, locked: bool = False) -> None:

@@ -104,21 +104,27 @@ def write_repository(export_dir: str | Path, out: str | Path, variant: str = "cp
     config = ProstConfig.from_dict(manifest["config"])
     out.mkdir(parents=True, exist_ok=True)
     models = build_models(export_dir, manifest, config, options)
-    described = {}
     try:
+        with G.DirectoryLock(out):
+            try:
+                G.read_manifest(out)
+            except ClientError as exc:  # the entries are listed one by one below; start from an empty list
+                log.warning("%s", exc)
+                G.write_manifest(out, {"models": {}}, locked=True)
         for name, spec in models.items():
-            with G.DirectoryLock(out / name):  # the gallery: from reading its data to describing the new version
+            with G.DirectoryLock(out / name):  # the gallery: from reading its data to listing the new version
                 if name == P.GALLERY_MODEL:
                     spec.files.update(_gallery_data(out, spec.config, config))
                 version = _write_model(out / name, spec)
-                described[name] = G.describe_model_dir(out / name)  # a publisher may prune once the lock is free
+                G.update_manifest(out, name)  # as a publisher does: model lock, then the repository's
             log.info("%s: %s", name, f"version {version} written" if version else "unchanged")
-        with G.DirectoryLock(out):
+        with G.DirectoryLock(out):  # keeps the entries as listed: a publisher may have listed a newer gallery since
+            listed = G.read_manifest(out)["models"]
             G.write_manifest(out, {
                 "format": REPOSITORY_FORMAT, "variant": variant,
                 "export": {"path": str(export_dir.resolve()), "config": manifest["config"],
                            "files": {k: v["sha256"] for k, v in manifest["files"].items()}},
-                "models": dict(sorted(described.items()))}, locked=True)
+                "models": {name: listed[name] for name in sorted(models)}}, locked=True)
     except ClientError as exc:  # a lock kept by another writer, or a version that cannot be written
         raise RepositoryError(str(exc)) from exc
     return out
@@ -402,7 +408,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 def _build_cmd(args: argparse.Namespace) -> int:
     options = {name: getattr(args, name) for name in asdict(RepositoryOptions()) if name != "variant"}
     out = write_repository(args.export, args.out, args.variant, **options)
-    manifest = json.loads((out / G.MANIFEST_FILE).read_text())
+    manifest = G.read_manifest(out)
     for name, entry in manifest["models"].items():
         print(f"{name:22s} versions {entry['versions']}")
     print(f"wrote {out}")

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -229,6 +230,25 @@ def test_manifest_lists_every_file_with_its_checksum(onnx_dir, tmp_path):
         "text_prototypes.onnx"]
 
 
+def test_a_damaged_manifest_stops_a_publisher_and_a_rebuild_rewrites_it(onnx_dir, tmp_path):
+    """A publisher never writes over a manifest it cannot read (the other entries would be lost); a rebuild lists
+    every model afresh, including one whose entry was damaged, and keeps stale entries out."""
+    from prost_client.errors import ClientError
+
+    repo = write_repository(onnx_dir, tmp_path / "repo")
+    (repo / G.MANIFEST_FILE).write_text('{"models": {"prost_text": ')
+    with pytest.raises(ClientError, match="cannot read .*manifest.json.*prost repository build"):
+        G.stage_version(repo, P.GALLERY_MODEL, {}, minimum=1)
+    assert G.versions(repo / P.GALLERY_MODEL) == [1]
+    write_repository(onnx_dir, repo)
+    rewritten = json.loads((repo / G.MANIFEST_FILE).read_text())
+    assert rewritten["models"] == {name: G.describe_model_dir(repo / name) for name in ALL_MODELS}
+    rewritten["models"]["retired_model"] = rewritten["models"].pop(P.TEXT_MODEL)
+    G.write_manifest(repo, rewritten)
+    write_repository(onnx_dir, repo)
+    assert set(json.loads((repo / G.MANIFEST_FILE).read_text())["models"]) == ALL_MODELS
+
+
 def test_gallery_model_py_is_what_the_client_uploads():
     from importlib import resources
 
@@ -277,9 +297,11 @@ def test_concurrent_publishers_get_distinct_versions(tmp_path):
     assert not [p.name for p in model_dir.iterdir() if p.name.startswith(".staging")]
 
 
-def test_a_rebuild_during_a_publish_keeps_the_published_gallery(onnx_dir, tmp_path):
-    """`prost repository build` copies the latest gallery under the gallery's lock, so a gallery published at the
-    same time is never rolled back, whichever writer goes first."""
+@pytest.mark.parametrize("first", ["publisher", "builder"])
+def test_a_rebuild_during_a_publish_keeps_the_published_gallery(onnx_dir, tmp_path, first):
+    """`prost repository build` copies the latest gallery under the gallery's lock and lists it in the manifest
+    before releasing that lock, so a gallery published at the same time is never rolled back, in the versions or in
+    the manifest, whichever writer goes first."""
     import numpy as np
 
     repo = write_repository(onnx_dir, tmp_path / "repo")
@@ -289,20 +311,24 @@ def test_a_rebuild_during_a_publish_keeps_the_published_gallery(onnx_dir, tmp_pa
     files = G.gallery_files(["a", "b"], np.ones((2, h.num_frames, h.num_objects, d)), np.ones((2, h.num_events, d)))
     files.update({n: (model_dir / "1" / n).read_bytes() for n in (G.MODEL_FILE, G.SIMILARITY_FILE)})
     def publish():  # as ProstClient does with a local repository
-        G.write_version(model_dir, files)
-        G.update_manifest(repo, P.GALLERY_MODEL)
+        with G.DirectoryLock(model_dir):
+            G.stage_version(repo, P.GALLERY_MODEL, files, minimum=1)
 
-    with G.DirectoryLock(model_dir):  # both writers start while the gallery is locked, then race for it
-        builder = threading.Thread(target=write_repository, args=(onnx_dir, repo), kwargs={"max_batch_size": 8})
-        publisher = threading.Thread(target=publish)
+    builder = threading.Thread(target=write_repository, args=(onnx_dir, repo), kwargs={"max_batch_size": 8})
+    if first == "publisher":
+        publish()
         builder.start()
-        publisher.start()
+    else:  # publish while the builder still writes the models after the gallery (the copies of the ONNX graphs)
+        builder.start()
+        deadline = time.monotonic() + 60
+        while G.versions(model_dir) != [1, 2] and time.monotonic() < deadline:
+            time.sleep(0.005)
+        publish()
     builder.join(120)
-    publisher.join(120)
     assert G.versions(model_dir) == [1, 2, 3]
     assert json.loads((model_dir / "3" / G.IDS_FILE).read_text())["video_ids"] == ["a", "b"]
     manifest = json.loads((repo / G.MANIFEST_FILE).read_text())
-    assert manifest["models"][P.GALLERY_MODEL]["versions"] == [1, 2, 3]
+    assert manifest["models"][P.GALLERY_MODEL] == G.describe_model_dir(model_dir)
 
 
 def test_a_held_lock_is_reported_not_waited_on_forever(tmp_path):
