@@ -121,8 +121,12 @@ class _Base:
 
     def publish_prototypes(self, video_ids: Sequence[str], objects: np.ndarray, events: np.ndarray, *,
                            repository: Path | None = None, similarity_onnx: Path | bytes | None = None,
-                           keep_versions: int | None = 3) -> int:
+                           keep_versions: int | None = 3, video_encoder: str | None = None) -> int:
         """Publish encoded prototypes (fp16 on disk) as a new prost_gallery version; an empty list clears it.
+
+        `video_encoder` is the sha256 of the video encoder that produced the prototypes (prost_video's
+        VIDEO_ENCODER_SHA256 parameter when they were encoded); None takes the one served now. The gallery refuses
+        to load prototypes stamped with another encoder than its own.
 
         With `repository` (the served repository on this machine) the version is written there under the gallery's
         lock, then loaded (the lock is held until the load settles, so concurrent publishers get successive
@@ -134,7 +138,7 @@ class _Base:
         version is ready, only the newest `keep_versions` version directories stay in the repository (None: all).
         """
         return self._run(self._publish_prototypes(list(video_ids), objects, events, repository, similarity_onnx,
-                                                  keep_versions))
+                                                  keep_versions, video_encoder))
 
     def gallery_version(self) -> int | None:
         """The highest served version of prost_gallery, or None when none is loaded."""
@@ -230,12 +234,25 @@ class _Base:
         wire.check_keep_versions(keep_versions)  # before encoding, like every argument check
         if repository is None:
             wire.upload_files(0, {}, similarity_onnx)  # fail before encoding when the graph is missing
+        encoder = yield from self._video_encoder()
         objects, events = yield from self._encode_videos(videos, batch_size, progress)
-        return (yield from self._publish_prototypes(ids, objects, events, repository, similarity_onnx, keep_versions))
+        if (yield from self._video_encoder()) != encoder:
+            raise ClientError(f"{P.VIDEO_MODEL} was reloaded with another video encoder while the videos were being "
+                              f"encoded; nothing was published, index them again")
+        return (yield from self._publish_prototypes(ids, objects, events, repository, similarity_onnx, keep_versions,
+                                                    encoder))
 
-    def _publish_prototypes(self, video_ids, objects, events, repository, similarity_onnx, keep_versions) -> Plan:
+    def _video_encoder(self) -> Plan:
+        """The sha256 of the served video encoder's graph, from prost_video's config."""
+        config = yield self._call("get_model_config", P.VIDEO_MODEL, model_name=P.VIDEO_MODEL, as_json=True)
+        return wire.config_parameter(config["config"], P.VIDEO_ENCODER_PARAM, P.VIDEO_MODEL)
+
+    def _publish_prototypes(self, video_ids, objects, events, repository, similarity_onnx, keep_versions,
+                            video_encoder) -> Plan:
         wire.check_keep_versions(keep_versions)
-        files = gallery.gallery_files(video_ids, objects, events)
+        if video_encoder is None:
+            video_encoder = yield from self._video_encoder()
+        files = gallery.gallery_files(video_ids, objects, events, video_encoder=video_encoder)
         if repository is None:
             known = yield from self._gallery_states()
             config = yield self._call("get_model_config", P.GALLERY_MODEL, model_name=P.GALLERY_MODEL, as_json=True)

@@ -38,6 +38,7 @@ TENSORS_FILE = "gallery.safetensors"
 IDS_FILE = "video_ids.json"
 MANIFEST_FILE = "manifest.json"
 LOCK_FILE = ".lock"  # Triton ignores names that are not numeric version directories
+ENCODER_STAMP = "video_encoder_sha256"  # safetensors metadata key of the gallery's video encoder
 LOCK_TIMEOUT = 600.0  # seconds a writer waits for another one (a publisher holds it through a gallery load)
 
 # Byte-identical to model_repository/gallery/model.py (a test checks it), so a client can upload a version.
@@ -66,8 +67,27 @@ def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str] |
     return struct.pack("<Q", len(text)) + text + b"".join(chunks)
 
 
-def gallery_files(video_ids: Sequence[str], objects: np.ndarray, events: np.ndarray) -> dict[str, bytes]:
-    """The data files of one gallery version (everything but model.py and similarity.onnx)."""
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file, read from its header alone."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        size = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+        if not 0 < size <= 100_000_000:  # the format's own header limit
+            raise ClientError(f"{path} is not a safetensors file")
+        try:
+            header = json.loads(f.read(size))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ClientError(f"{path}: unreadable safetensors header ({exc})") from None
+    metadata = header.get("__metadata__", {}) if isinstance(header, dict) else None
+    if not isinstance(metadata, dict):
+        raise ClientError(f"{path}: the safetensors header is not a JSON object with a __metadata__ object")
+    return metadata
+
+
+def gallery_files(video_ids: Sequence[str], objects: np.ndarray, events: np.ndarray, *,
+                  video_encoder: str) -> dict[str, bytes]:
+    """The data files of one gallery version (everything but model.py and similarity.onnx), stamped with the
+    sha256 of the video encoder that produced the prototypes (`protocol.VIDEO_ENCODER_PARAM`)."""
     ids = [str(v) for v in video_ids]
     if len(set(ids)) != len(ids):
         dupes = sorted({v for v in ids if ids.count(v) > 1})
@@ -79,7 +99,8 @@ def gallery_files(video_ids: Sequence[str], objects: np.ndarray, events: np.ndar
                          f"got {list(objects.shape)} and {list(events.shape)}")
     tensors = {"objects": objects.astype(np.float16), "events": events.astype(np.float16)}
     return {
-        TENSORS_FILE: safetensors_bytes(tensors, {"format": "prost-gallery", "videos": str(len(ids))}),
+        TENSORS_FILE: safetensors_bytes(tensors, {"format": "prost-gallery", "videos": str(len(ids)),
+                                                  ENCODER_STAMP: video_encoder}),
         IDS_FILE: (json.dumps({"video_ids": ids}, ensure_ascii=False) + "\n").encode(),
     }
 

@@ -35,3 +35,7 @@ SCORES = "SCORES"  # float32 [K]
 MATCHED_FRAMES = "MATCHED_FRAMES"  # int32 [K, Np]: best frame of each phrase prototype in each result
 
 DEFAULT_TOP_K = 10
+
+# prost_video and prost_gallery config parameter, and the stamp in every gallery file: the sha256 of the video
+# encoder's ONNX graph. A gallery loads only under the encoder that produced it.
+VIDEO_ENCODER_PARAM = "VIDEO_ENCODER_SHA256"

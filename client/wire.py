@@ -166,13 +166,21 @@ def max_batch_size(config: dict) -> int:
     return size
 
 
+def config_parameter(config: dict, key: str, model: str) -> str:
+    """A string parameter of a served model config (JSON), written by `prost repository build`."""
+    value = (config.get("parameters") or {}).get(key, {}).get("string_value", "")
+    if not value:
+        raise ClientError(f"{model} has no {key} parameter; rebuild the repository with `prost repository build`")
+    return value
+
+
 def exported_beta(score_config: dict) -> float:
-    """The exported beta, from prost_score's `parameters` (written by `prost repository build`)."""
+    """The exported beta, from prost_score's `parameters`."""
+    raw = config_parameter(score_config, "BETA", P.SCORE_MODEL)
     try:
-        return float(score_config["parameters"]["BETA"]["string_value"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ClientError(f"{P.SCORE_MODEL} has no BETA parameter ({exc!r}); rebuild the repository or pass beta") \
-            from None
+        return float(raw)
+    except ValueError:
+        raise ClientError(f"{P.SCORE_MODEL} has a BETA parameter that is not a number: {raw!r}") from None
 
 
 def video_ids_for(videos: Sequence[VideoSource], video_ids: Sequence[str] | None) -> list[str]:

@@ -189,6 +189,8 @@ def _graph_model(name: str, spec: GraphSpec, mbs: int, export_dir: Path, manifes
     inputs = [_spec_io(t, mbs > 0, optional=optional_beta and t.name == P.BETA) for t in spec.inputs]
     outputs = [_spec_io(t, mbs > 0) for t in spec.outputs]
     params = {"DEFAULT_BETA": json.dumps([config.beta])} if optional_beta and name == P.SIMILARITY_MODEL else {}
+    if name == P.VIDEO_MODEL:  # clients stamp the galleries they encode with it
+        params[P.VIDEO_ENCODER_PARAM] = manifest["files"][spec.onnx_file]["sha256"]
     model = model_config(name, mbs, inputs, outputs, params)
     kind = mc.ModelInstanceGroup.KIND_CPU if options.variant == "cpu" else mc.ModelInstanceGroup.KIND_GPU
     model.instance_group.add(kind=kind, count=options.instances)
@@ -315,28 +317,30 @@ def _gallery_model(export_dir: Path, specs: dict[str, GraphSpec], config: ProstC
                      tensor(P.MATCHED_FRAMES, "int32", [-1, h.num_phrases])],
                     {"BETA": repr(float(config.beta)), "DEFAULT_TOP_K": P.DEFAULT_TOP_K, "MAX_TOP_K": options.max_top_k,
                      "BLOCK_ELEMENTS": 1 << 24, "INTRA_OP_THREADS": options.intra_op_threads,
-                     "VIDEO_ENCODER_SHA256": video_sha})
+                     P.VIDEO_ENCODER_PARAM: video_sha})
     model.response_cache.enable = True  # keyed by version: every published gallery is a new version
     return ModelSpec(model, {G.MODEL_FILE: source,
                              G.SIMILARITY_FILE: export_dir / specs["similarity"].onnx_file})
 
 
 def _gallery_data(out: Path, model: mc.ModelConfig, config: ProstConfig) -> dict[str, bytes]:
-    """The latest gallery's data while the video encoder is unchanged, else an empty gallery (caller holds the lock)."""
-    model_dir = out / P.GALLERY_MODEL
-    existing = G.versions(model_dir)
-    if existing and (model_dir / "config.pbtxt").is_file():
-        old = text_format.Parse((model_dir / "config.pbtxt").read_text(), mc.ModelConfig())
-        latest = model_dir / str(existing[-1])
-        key = "VIDEO_ENCODER_SHA256"
-        if old.parameters[key].string_value == model.parameters[key].string_value and all(
-                (latest / f).is_file() for f in (G.TENSORS_FILE, G.IDS_FILE)):
+    """The latest gallery's data when the video encoder stamped in it is the new one, else an empty gallery
+    (the caller holds the lock)."""
+    encoder = model.parameters[P.VIDEO_ENCODER_PARAM].string_value
+    existing = G.versions(out / P.GALLERY_MODEL)
+    if existing:
+        latest = out / P.GALLERY_MODEL / str(existing[-1])
+        try:
+            stamp = G.safetensors_metadata(latest / G.TENSORS_FILE).get(G.ENCODER_STAMP)
+        except (OSError, ClientError):
+            stamp = None
+        if stamp == encoder and (latest / G.IDS_FILE).is_file():
             return {f: (latest / f).read_bytes() for f in (G.TENSORS_FILE, G.IDS_FILE)}
-        log.warning("%s: the video encoder changed; the gallery starts empty, re-index with `prost-client index`",
-                    P.GALLERY_MODEL)
+        log.warning("%s: the latest gallery was not encoded by this video encoder; the gallery starts empty, "
+                    "re-index with `prost-client index`", P.GALLERY_MODEL)
     h, d = config.head, config.embed_dim
     return G.gallery_files([], np.zeros((0, h.num_frames, h.num_objects, d), np.float32),
-                           np.zeros((0, h.num_events, d), np.float32))
+                           np.zeros((0, h.num_events, d), np.float32), video_encoder=encoder)
 
 
 def _read_export(export_dir: Path) -> dict:

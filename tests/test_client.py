@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tritonclient import grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from prost_client import errors, gallery as G, wire
+from prost_client import errors, gallery as G, protocol as P, wire
 from prost_client.client import AsyncProstClient, ProstClient
 from prost_export.server import free_port
 
@@ -64,18 +65,26 @@ def test_unreachable_server_is_unavailable_after_retries():
     assert no_retries["grpc.enable_retries"] == 0 and "grpc.service_config" not in no_retries
 
 
-def test_gallery_files_are_safetensors(tmp_path):
+def test_gallery_files_are_safetensors_stamped_with_their_video_encoder(tmp_path):
+    from safetensors import safe_open
     from safetensors.numpy import load_file
 
     objects, events = np.random.rand(2, 3, 4, 5).astype(np.float32), np.random.rand(2, 3, 5).astype(np.float32)
-    files = G.gallery_files(["a", "b"], objects, events)
-    (tmp_path / G.TENSORS_FILE).write_bytes(files[G.TENSORS_FILE])
-    loaded = load_file(str(tmp_path / G.TENSORS_FILE))
+    files = G.gallery_files(["a", "b"], objects, events, video_encoder="ab12")
+    path = tmp_path / G.TENSORS_FILE
+    path.write_bytes(files[G.TENSORS_FILE])
+    loaded = load_file(str(path))
     assert loaded["objects"].dtype == np.float16
     np.testing.assert_array_equal(loaded["objects"], objects.astype(np.float16))
     assert json.loads(files[G.IDS_FILE])["video_ids"] == ["a", "b"]
+    with safe_open(str(path), "np") as f:
+        assert f.metadata() == G.safetensors_metadata(path)
+    assert G.safetensors_metadata(path)[G.ENCODER_STAMP] == "ab12"
     with pytest.raises(ValueError, match="unique"):
-        G.gallery_files(["a", "a"], objects, events)
+        G.gallery_files(["a", "a"], objects, events, video_encoder="ab12")
+    (tmp_path / "ids.json").write_bytes(files[G.IDS_FILE])
+    with pytest.raises(errors.ClientError, match="not a safetensors file"):
+        G.safetensors_metadata(tmp_path / "ids.json")
 
 
 def test_async_client_answers_like_the_sync_one(triton_server, client, published_gallery, synthetic_videos):
@@ -132,6 +141,11 @@ def test_cli_index_and_score(triton_server, client, model_repository, synthetic_
                              str(videos), "--repository", str(model_repository), "--no-progress")
         assert result.returncode == 0, result.stderr
         assert f"version {client.gallery_version()} with 3 video(s)" in result.stdout
+        latest = model_repository / P.GALLERY_MODEL / str(client.gallery_version()) / G.TENSORS_FILE
+        with grpcclient.InferenceServerClient(triton_server.url) as raw:
+            config = raw.get_model_config(P.VIDEO_MODEL, as_json=True)["config"]
+        served_encoder = config["parameters"][P.VIDEO_ENCODER_PARAM]["string_value"]
+        assert G.safetensors_metadata(latest)[G.ENCODER_STAMP] == served_encoder
         assert {h.video_id for h in client.search("anything", top_k=10)[0]} == {p.stem for p in synthetic_videos[:3]}
         result = run_console("--url", triton_server.url, "score", "--text", "a cross", "--video",
                              str(synthetic_videos[0]), "--json")

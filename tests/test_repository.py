@@ -190,13 +190,22 @@ def test_rebuild_adds_versions_only_for_changed_models(onnx_dir, tmp_path):
     assert read_config(repo, P.VIDEO_MODEL).max_batch_size == 4
 
 
+def video_encoder(export_dir: Path) -> str:
+    """The sha256 of an export's video encoder graph: the stamp of the galleries it encodes."""
+    return json.loads((export_dir / "manifest.json").read_text())["files"]["video_prototypes.onnx"]["sha256"]
+
+
 def test_gallery_survives_rebuilds_until_the_video_encoder_changes(onnx_dir, tmp_path):
     import numpy as np
 
     repo = write_repository(onnx_dir, tmp_path / "repo")
+    for name in (P.VIDEO_MODEL, P.GALLERY_MODEL):  # what clients stamp with, and what the gallery loads
+        assert f'key: "{P.VIDEO_ENCODER_PARAM}"\n  value {{\n    string_value: "{video_encoder(onnx_dir)}"' in (
+            repo / name / "config.pbtxt").read_text()
     cfg = prost.ProstConfig.from_dict(json.loads((onnx_dir / "manifest.json").read_text())["config"])
     h, d = cfg.head, cfg.embed_dim
-    files = G.gallery_files(["a", "b"], np.ones((2, h.num_frames, h.num_objects, d)), np.ones((2, h.num_events, d)))
+    files = G.gallery_files(["a", "b"], np.ones((2, h.num_frames, h.num_objects, d)), np.ones((2, h.num_events, d)),
+                            video_encoder=video_encoder(onnx_dir))
     files.update({n: (repo / P.GALLERY_MODEL / "1" / n).read_bytes() for n in (G.MODEL_FILE, G.SIMILARITY_FILE)})
     assert G.write_version(repo / P.GALLERY_MODEL, files) == 2
 
@@ -308,7 +317,8 @@ def test_a_rebuild_during_a_publish_keeps_the_published_gallery(onnx_dir, tmp_pa
     model_dir = repo / P.GALLERY_MODEL
     cfg = prost.ProstConfig.from_dict(json.loads((onnx_dir / "manifest.json").read_text())["config"])
     h, d = cfg.head, cfg.embed_dim
-    files = G.gallery_files(["a", "b"], np.ones((2, h.num_frames, h.num_objects, d)), np.ones((2, h.num_events, d)))
+    files = G.gallery_files(["a", "b"], np.ones((2, h.num_frames, h.num_objects, d)), np.ones((2, h.num_events, d)),
+                            video_encoder=video_encoder(onnx_dir))
     files.update({n: (model_dir / "1" / n).read_bytes() for n in (G.MODEL_FILE, G.SIMILARITY_FILE)})
     def publish():  # as ProstClient does with a local repository
         with G.DirectoryLock(model_dir):

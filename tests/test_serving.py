@@ -265,6 +265,18 @@ def test_a_corrupt_gallery_version_does_not_load_and_the_old_one_serves(client, 
     assert manifest["models"][P.GALLERY_MODEL]["latest"] == served
 
 
+def test_a_gallery_from_another_video_encoder_does_not_load(client, published_gallery, model_repository, onnx_dir):
+    """Prototypes stamped with another video encoder than the gallery's are refused, written locally or uploaded,
+    and the served gallery stays."""
+    _, ids, objects, events = published_gallery
+    served = client.gallery_version()
+    for where in ({"repository": model_repository}, {"similarity_onnx": onnx_dir / "similarity.onnx"}):
+        with pytest.raises(errors.ClientError, match=r"encoded by video encoder 0+, this gallery serves [0-9a-f]{64}"):
+            client.publish_prototypes(ids, objects, events, video_encoder="0" * 64, **where)
+        assert client.gallery_version() == served == G.versions(model_repository / P.GALLERY_MODEL)[-1]
+    assert len(client.search("a yellow cross", top_k=10)[0]) == len(ids)
+
+
 def test_a_load_that_outlives_its_deadline_is_kept(triton_server, client, published_gallery, model_repository):
     """The load call times out while Triton still loads the version: it is kept and returned once ready."""
     _, ids, objects, events = published_gallery

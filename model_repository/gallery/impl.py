@@ -6,8 +6,9 @@ result and phrase prototype, the frame of its best-matching object prototype. K 
 empty gallery answers K = 0. Scoring runs `similarity.onnx` (the export's graph) with ONNX Runtime over chunks of
 videos, keeping a running top-k, so memory is bounded by BLOCK_ELEMENTS, not by the gallery size.
 
-Parameters: BETA (required), DEFAULT_TOP_K, MAX_TOP_K, BLOCK_ELEMENTS, INTRA_OP_THREADS.
-A missing or inconsistent gallery raises in `initialize`: that version does not load and the previous one keeps serving.
+Parameters: BETA and VIDEO_ENCODER_SHA256 (required), DEFAULT_TOP_K, MAX_TOP_K, BLOCK_ELEMENTS, INTRA_OP_THREADS.
+A missing or inconsistent gallery, or one stamped with another video encoder, raises in `initialize`: that version
+does not load and the previous one keeps serving.
 """
 
 import json
@@ -17,25 +18,32 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from prost_client import gallery as G, protocol as P
+from prost_client.errors import ClientError
 from prost_model_repository.gallery.ranking import merge_top_k
 from prost_model_repository.utils import ParameterError, dims, internal, invalid, model_config, ort_session
-from prost_model_repository.utils import param_float, param_int, parameters, version_dir
+from prost_model_repository.utils import param, param_float, param_int, parameters, version_dir
 
 
 class GalleryError(ParameterError):
     """The version directory does not hold a valid gallery."""
 
 
-def load_gallery(directory: Path, objects_dims: list[int], events_dims: list[int]):
-    """video ids, objects fp16 [N, L, No, D], events fp16 [N, Ne, D] of one version directory, validated."""
+def load_gallery(directory: Path, objects_dims: list[int], events_dims: list[int], video_encoder: str):
+    """video ids, objects fp16 [N, L, No, D], events fp16 [N, Ne, D] of one version directory, validated, and
+    encoded by `video_encoder` (the sha256 of the served video encoder's graph)."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     try:
         ids = json.loads((directory / G.IDS_FILE).read_text())["video_ids"]
+        stamp = G.safetensors_metadata(directory / G.TENSORS_FILE).get(G.ENCODER_STAMP)
         tensors = load_file(str(directory / G.TENSORS_FILE))
-    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError, ClientError) as exc:
         raise GalleryError(f"cannot read the gallery in {directory}: {type(exc).__name__}: {exc}") from None
+    if stamp != video_encoder:
+        raise GalleryError(f"{directory / G.TENSORS_FILE} was encoded by video encoder {stamp or 'unknown'}, this "
+                           f"gallery serves {video_encoder} (the repository was rebuilt with another export); "
+                           f"re-index the videos with `prost-client index`")
     if not isinstance(ids, list) or not all(isinstance(v, str) for v in ids) or len(set(ids)) != len(ids):
         raise GalleryError(f"{directory / G.IDS_FILE}: video_ids must be a list of unique strings")
     objects, events = tensors.get("objects"), tensors.get("events")
@@ -66,7 +74,8 @@ class TritonPythonModel:
         if graph[P.PHRASE_PROTOTYPES][1:] != dims(config, P.PHRASE_PROTOTYPES):
             raise ParameterError(f"{P.PHRASE_PROTOTYPES} dims {dims(config, P.PHRASE_PROTOTYPES)} do not match "
                                  f"{G.SIMILARITY_FILE} {graph[P.PHRASE_PROTOTYPES]}")
-        self.ids, self.objects, self.events = load_gallery(directory, objects_dims, events_dims)
+        self.ids, self.objects, self.events = load_gallery(directory, objects_dims, events_dims,
+                                                           param(params, P.VIDEO_ENCODER_PARAM))
         self.encoded_ids = np.array([v.encode("utf-8") for v in self.ids], dtype=np.object_)
         self.num_objects = objects_dims[1]
         pb_utils.Logger.log_info(f"prost_gallery version {args['model_version']}: {len(self.ids)} videos")
