@@ -42,8 +42,8 @@ def load_gallery(directory: Path, objects_dims: list[int], events_dims: list[int
         raise GalleryError(f"cannot read the gallery in {directory}: {type(exc).__name__}: {exc}") from None
     if stamp != video_encoder:
         raise GalleryError(f"{directory / G.TENSORS_FILE} was encoded by video encoder {stamp or 'unknown'}, this "
-                           f"gallery serves {video_encoder} (the repository was rebuilt with another export); "
-                           f"re-index the videos with `prost-client index`")
+                           f"gallery serves {video_encoder}: its prototypes would not match the served text encoder; "
+                           f"re-index the videos through the served models (`prost-client index`)")
     if not isinstance(ids, list) or not all(isinstance(v, str) for v in ids) or len(set(ids)) != len(ids):
         raise GalleryError(f"{directory / G.IDS_FILE}: video_ids must be a list of unique strings")
     objects, events = tensors.get("objects"), tensors.get("events")
