@@ -319,8 +319,10 @@ def _gallery_model(export_dir: Path, specs: dict[str, GraphSpec], config: ProstC
                      "BLOCK_ELEMENTS": 1 << 24, "INTRA_OP_THREADS": options.intra_op_threads,
                      P.VIDEO_ENCODER_PARAM: video_sha})
     model.response_cache.enable = True  # keyed by version: every published gallery is a new version
-    return ModelSpec(model, {G.MODEL_FILE: source,
-                             G.SIMILARITY_FILE: export_dir / specs["similarity"].onnx_file})
+    from prost_export.onnx import with_float16_inputs  # imports torch: only where a graph is rewritten
+
+    graph = with_float16_inputs(export_dir / specs["similarity"].onnx_file, (P.OBJECT_PROTOTYPES, P.EVENT_PROTOTYPES))
+    return ModelSpec(model, {G.MODEL_FILE: source, G.SIMILARITY_FILE: graph})
 
 
 def _gallery_data(out: Path, model: mc.ModelConfig, config: ProstConfig) -> dict[str, bytes]:

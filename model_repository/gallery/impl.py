@@ -70,6 +70,9 @@ class TritonPythonModel:
         directory = version_dir(args)
         self.session = ort_session(directory / G.SIMILARITY_FILE, param_int(params, "INTRA_OP_THREADS", 0))
         graph = {i.name: i.shape for i in self.session.get_inputs()}
+        # The repository's graph takes the fp16 prototypes as they are stored; an uploaded export graph, float32.
+        self.bank_dtype = {i.name: np.float16 if i.type == "tensor(float16)" else np.float32
+                           for i in self.session.get_inputs() if i.name in (P.OBJECT_PROTOTYPES, P.EVENT_PROTOTYPES)}
         objects_dims, events_dims = graph[P.OBJECT_PROTOTYPES][1:], graph[P.EVENT_PROTOTYPES][1:]
         if graph[P.PHRASE_PROTOTYPES][1:] != dims(config, P.PHRASE_PROTOTYPES):
             raise ParameterError(f"{P.PHRASE_PROTOTYPES} dims {dims(config, P.PHRASE_PROTOTYPES)} do not match "
@@ -125,8 +128,8 @@ class TritonPythonModel:
         chunk = max(1, self.block // per_video)
         for v0 in range(0, n_v, chunk):
             feed = {P.PHRASE_PROTOTYPES: phrases, P.SENTENCE_EMBEDDING: sentence, P.BETA: self.beta,
-                    P.OBJECT_PROTOTYPES: self.objects[v0:v0 + chunk].astype(np.float32),
-                    P.EVENT_PROTOTYPES: self.events[v0:v0 + chunk].astype(np.float32)}
+                    P.OBJECT_PROTOTYPES: self.objects[v0:v0 + chunk].astype(self.bank_dtype[P.OBJECT_PROTOTYPES], copy=False),
+                    P.EVENT_PROTOTYPES: self.events[v0:v0 + chunk].astype(self.bank_dtype[P.EVENT_PROTOTYPES], copy=False)}
             scores = self.session.run([P.SIMILARITY], feed)[0]  # [T, c]
             indices = np.broadcast_to(np.arange(v0, v0 + scores.shape[1]), scores.shape)
             best_i, best_s = merge_top_k(best_i, best_s, indices, scores, k)
