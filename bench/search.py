@@ -1,0 +1,147 @@
+"""Served search against in-process search: latency and throughput of `prost_text_search` over gRPC, each as a ratio
+to the same queries answered by the `prost` package in this process, measured in the same run.
+
+    .venv/bin/python bench/search.py [--videos 5000] [--queries 200] [--concurrency 4] [--checkpoint RUN]
+
+The gallery is random unit prototypes (speed does not depend on their values), stored in fp16 by the server; the
+in-process reference scores the same fp16-rounded values in fp32 with `prost.similarity`, so both rank alike, and the
+top-1 agreement is reported beside the timings. Weights are random unless `--checkpoint` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import prost
+from prost.data.synthetic import caption, make_family
+from prost.evaluate import encode_captions
+from prost.model.similarity import l2_normalize
+from prost_client.client import ProstClient
+from prost_export.onnx import export_onnx
+from prost_export.repository import write_repository
+from prost_export.server import TritonServer, free_ports
+
+TOP_K = 10
+
+
+def random_gallery(config: prost.ProstConfig, videos: int, seed: int) -> prost.VideoPrototypes:
+    """Unit-norm object and event prototypes, rounded to fp16 as the served gallery stores them."""
+    g = torch.Generator().manual_seed(seed)
+    h, d = config.head, config.embed_dim
+    objects = torch.randn(videos, h.num_frames, h.num_objects, d, generator=g)
+    events = torch.randn(videos, h.num_events, d, generator=g)
+    unit = [l2_normalize(x).half().float() for x in (objects, events)]
+    return prost.VideoPrototypes(*unit)
+
+
+def in_process_search(model: prost.ProstModel, gallery: prost.VideoPrototypes, texts: list[str]) -> list[list[int]]:
+    """Top-k gallery rows of each text: encode, score S = S_es + beta * S_op, rank."""
+    scores = prost.similarity(encode_captions(model, texts), gallery, beta=model.config.beta).total
+    return scores.topk(min(TOP_K, scores.shape[1]), dim=1).indices.tolist()
+
+
+def unique_captions(count: int) -> list[str]:
+    """`count` distinct synthetic captions: the served response cache never answers a timed query."""
+    texts: dict[str, None] = {}
+    family = 0
+    while len(texts) < count:
+        for scene in make_family(0, family):
+            texts.update(dict.fromkeys([caption(scene), caption(scene, paraphrase=True)]))
+        family += 1
+    return list(texts)[:count]
+
+
+def latencies(fn, texts: list[str]) -> list[float]:
+    """Seconds of fn(text) for each text, one at a time."""
+    out = []
+    for text in texts:
+        start = time.perf_counter()
+        fn(text)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def rate(fn, texts: list[str], batch: int = 1, callers: int = 1) -> float:
+    """Queries per second of fn over `texts`, `batch` texts per call, from `callers` threads."""
+    calls = [texts[i] if batch == 1 else texts[i:i + batch] for i in range(0, len(texts), batch)]
+    with ThreadPoolExecutor(callers) as pool:
+        start = time.perf_counter()
+        list(pool.map(fn, calls))
+        return len(texts) / (time.perf_counter() - start)
+
+
+def summary(seconds: list[float]) -> dict[str, float]:
+    ordered = sorted(seconds)
+    return {"p50_ms": 1e3 * statistics.median(ordered), "p95_ms": 1e3 * ordered[int(0.95 * (len(ordered) - 1))]}
+
+
+def run(args: argparse.Namespace, work: Path) -> dict:
+    model = prost.load_model(args.checkpoint) if args.checkpoint else prost.create_model(args.preset, seed=0)
+    model.eval()
+    export = export_onnx(model, work / "export", parity=False)
+    repo = write_repository(export, work / "repository", "cpu")
+    gallery = random_gallery(model.config, args.videos, seed=1)
+    ids = [f"v{i:06d}" for i in range(args.videos)]
+    q = args.queries
+    warm, single, batched, concurrent = (unique_captions(4 * q)[i * q:(i + 1) * q] for i in range(4))
+
+    grpc, http, metrics = free_ports(3)
+    with TritonServer(repo, grpc_port=grpc, http_port=http, metrics_port=metrics, log_dir=work / "logs") as server, \
+            ProstClient(server.url, repository_key=server.repository_key, timeout=300) as client:
+        client.wait_ready(timeout=300)
+        client.publish_prototypes(ids, gallery.objects.numpy(), gallery.events.numpy(), repository=repo)
+        local = lambda texts: in_process_search(model, gallery, [texts] if isinstance(texts, str) else texts)  # noqa: E731
+        served = lambda texts: client.search(texts, top_k=TOP_K)  # noqa: E731
+
+        position = {v: i for i, v in enumerate(ids)}  # the warm-up: both paths answer the same queries
+        agreement = float(np.mean([r[0] == position[s[0].video_id] for r, s in zip(local(warm), served(warm))]))
+        result = {"videos": args.videos, "queries": q, "batch": args.batch, "callers": args.concurrency,
+                  "torch_threads": torch.get_num_threads(), "top1_agreement": agreement}
+        for name, fn in (("in_process", local), ("served", served)):
+            result[name] = {**summary(latencies(fn, single)), "batched_qps": rate(fn, batched, batch=args.batch),
+                            "concurrent_qps": rate(fn, concurrent, callers=args.concurrency)}
+    return result
+
+
+def report(result: dict) -> str:
+    local, served = result["in_process"], result["served"]
+    rows = [("one query per call, p50 ms", "p50_ms"), ("one query per call, p95 ms", "p95_ms"),
+            (f"batches of {result['batch']}, queries/s", "batched_qps"),
+            (f"{result['callers']} concurrent callers, queries/s", "concurrent_qps")]
+    lines = [f"{result['queries']} distinct queries per row against {result['videos']} videos, top {TOP_K}; "
+             f"top-1 agreement {100 * result['top1_agreement']:.1f}%; torch threads {result['torch_threads']}",
+             f"{'':38} {'in-process':>10} {'served':>10} {'served/in-process':>18}"]
+    lines += [f"{name:38} {local[key]:10.2f} {served[key]:10.2f} {served[key] / local[key]:18.2f}"
+              for name, key in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, default=5000, help="gallery size (default 5000)")
+    parser.add_argument("--queries", type=int, default=200, help="distinct synthetic captions (default 200)")
+    parser.add_argument("--batch", type=int, default=32, help="texts per batched call (default 32)")
+    parser.add_argument("--concurrency", type=int, default=4, help="parallel one-query callers (default 4)")
+    parser.add_argument("--preset", default="tiny", help="architecture of the random model (default tiny)")
+    parser.add_argument("--checkpoint", type=Path, help="a trained checkpoint instead of random weights")
+    parser.add_argument("--out", type=Path, help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="prost-bench-") as tmp:
+        result = run(args, Path(tmp))
+    print(report(result))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
