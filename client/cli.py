@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--repository", type=Path,
                        help="the served repository on this machine: the version is written there (durable)")
     index.add_argument("--similarity-onnx", type=Path,
-                       help="the export's similarity.onnx; needed to upload the gallery without --repository "
-                            "(an upload is NOT durable: lost when the server restarts)")
+                       help="needed to upload the gallery without --repository: prost_gallery/<N>/similarity.onnx "
+                            "of the built repository (the export's similarity.onnx works, several times slower); an "
+                            "upload is NOT durable: lost when the server restarts")
     index.add_argument("--batch-size", type=int, default=4, help="videos per encode request")
     index.add_argument("--keep-versions", type=int, default=3,
                        help="with --repository: gallery versions kept on disk, the new one included (default 3)")

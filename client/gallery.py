@@ -2,8 +2,9 @@
 
 A version directory `prost_gallery/<N>/` holds:
   model.py              the tiny MODEL_SOURCE below (the implementation is installed on the server)
-  similarity.onnx       the exported pairwise similarity graph, copied from the export
-  gallery.safetensors   "objects" fp16 [N, L, No, D] and "events" fp16 [N, Ne, D]
+  similarity.onnx       the exported pairwise similarity graph; the repository's copy takes the fp16 prototypes
+  gallery.safetensors   "objects" fp16 [N, L, No, D] and "events" fp16 [N, Ne, D]; its metadata names the video
+                        encoder that produced them (ENCODER_STAMP)
   video_ids.json        {"video_ids": [N strings]}, row i of the tensors belongs to video_ids[i]
 Torch-free and prost-free: the client writes galleries with numpy and the standard library only.
 
@@ -218,7 +219,11 @@ def stage_version(repository: Path, model: str, files: dict[str, bytes], minimum
     files = {**files, **{name: (latest / name).read_bytes() for name in (MODEL_FILE, SIMILARITY_FILE)}}
     read_manifest(repository)  # refuse before writing a version that could not be listed
     version = write_version(model_dir, files, minimum=minimum, locked=True)
-    update_manifest(repository, model)
+    try:
+        update_manifest(repository, model)
+    except ClientError:  # an unlisted version would load at the next server start
+        shutil.rmtree(model_dir / str(version), ignore_errors=True)
+        raise
     return version
 
 
@@ -260,11 +265,15 @@ def describe_model_dir(model_dir: Path) -> dict:
 
 
 def update_manifest(repository: Path, model: str) -> None:
-    """Refresh one model's entry in `<repository>/manifest.json` (written by `prost repository build`), holding
-    the repository's lock so concurrent updates of different entries are not lost."""
+    """Refresh one model's entry in `<repository>/manifest.json` (written by `prost repository build`).
+
+    The caller holds the model's lock, so the entry (hashed before taking the repository's lock, which stays short)
+    is still current when written; the repository's lock keeps concurrent updates of different entries.
+    """
+    entry = describe_model_dir(Path(repository) / model)
     with DirectoryLock(repository):
         manifest = read_manifest(repository)
-        manifest.setdefault("models", {})[model] = describe_model_dir(Path(repository) / model)
+        manifest.setdefault("models", {})[model] = entry
         write_manifest(repository, manifest, locked=True)
 
 
@@ -287,5 +296,10 @@ def write_manifest(repository: Path, manifest: dict, *, locked: bool = False) ->
     with contextlib.nullcontext() if locked else DirectoryLock(repository):
         path = Path(repository) / MANIFEST_FILE
         tmp = path.with_name(f".{MANIFEST_FILE}.{os.getpid()}")
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
+        try:
+            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            tmp.replace(path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise ClientError(f"cannot write {path}: {exc}") from exc

@@ -175,7 +175,7 @@ def config_parameter(config: dict, key: str, model: str) -> str:
 
 
 def exported_beta(score_config: dict) -> float:
-    """The exported beta, from prost_score's `parameters`."""
+    """The exported beta, from prost_score's `parameters` (or pass beta to score())."""
     raw = config_parameter(score_config, "BETA", P.SCORE_MODEL)
     try:
         return float(raw)
@@ -198,7 +198,8 @@ def upload_files(version: int, files: dict[str, bytes], similarity_onnx: Path | 
     """Triton file overrides `file:<version>/<name>` of every file of a gallery version (data, model.py, graph)."""
     if similarity_onnx is None:
         raise ClientError("publishing without the served repository uploads every file of the gallery model: "
-                          "pass similarity_onnx (CLI: --similarity-onnx, the export's similarity.onnx), or "
+                          "pass similarity_onnx (CLI: --similarity-onnx; prost_gallery/<N>/similarity.onnx of the "
+                          "built repository), or "
                           "repository (CLI: --repository, the served repository on this machine)")
     files = {**files, gallery.MODEL_FILE: gallery.MODEL_SOURCE.encode(),
              gallery.SIMILARITY_FILE: read_bytes(similarity_onnx)}

@@ -137,30 +137,6 @@ def check_graph(path: Path, spec: GraphSpec) -> None:
         raise ExportError(f"{path.name} uses ops outside TensorRT 10's ONNX support: {', '.join(unsupported)}")
 
 
-def with_float16_inputs(path: Path, names: tuple[str, ...]) -> bytes:
-    """The graph at `path` taking the named float32 inputs as float16, cast back to float32 as its first nodes.
-
-    For the gallery, which keeps its prototypes in fp16: ONNX Runtime's Cast runs about 14x faster than numpy's
-    float16 astype (3.4 ms against 49 ms for 2570 tiny videos), which otherwise dominates a search.
-    """
-    model = onnx.load(str(path))
-    inputs = {t.name: t for t in model.graph.input}
-    missing = [n for n in names if n not in inputs or inputs[n].type.tensor_type.elem_type != onnx.TensorProto.FLOAT]
-    if missing:
-        raise ExportError(f"{path.name} has no float32 input {', '.join(missing)}")
-    casts = []
-    for name in names:
-        inputs[name].type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
-        for node in model.graph.node:
-            node.input[:] = [f"{name}_float32" if i == name else i for i in node.input]
-        casts.append(onnx.helper.make_node("Cast", [name], [f"{name}_float32"], to=onnx.TensorProto.FLOAT))
-    nodes = casts + list(model.graph.node)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    onnx.checker.check_model(model, full_check=True)
-    return model.SerializeToString()
-
-
 def check_frame_mask(path: Path, model: ProstModel) -> None:
     """The frame decoder's mask must be a folded constant of the graph, equal to the model's."""
     expected = model.frame_decoder.mask.numpy()

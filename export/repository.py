@@ -51,6 +51,7 @@ from prost.errors import ProstError, RepositoryError
 from prost_client import gallery as G, protocol as P
 from prost_client.errors import ClientError
 from prost_export.ensembles import DTYPES, ModelSpec, ensembles, model_config, tensor
+from prost_export.graph_rewrite import with_float16_inputs
 from prost_export.specs import GraphSpec, TensorSpec, arch_tag, graph_specs
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,10 @@ def write_repository(export_dir: str | Path, out: str | Path, variant: str = "cp
             log.info("%s: %s", name, f"version {version} written" if version else "unchanged")
         with G.DirectoryLock(out):  # keeps the entries as listed: a publisher may have listed a newer gallery since
             listed = G.read_manifest(out)["models"]
+            lost = sorted(set(models) - set(listed))
+            if lost:  # another build reset a damaged manifest meanwhile
+                raise RepositoryError(f"{out / G.MANIFEST_FILE} lost the entries of {', '.join(lost)} while this "
+                                      f"build ran (another `prost repository build`?); run the build again")
             G.write_manifest(out, {
                 "format": REPOSITORY_FORMAT, "variant": variant,
                 "export": {"path": str(export_dir.resolve()), "config": manifest["config"],
@@ -319,30 +324,55 @@ def _gallery_model(export_dir: Path, specs: dict[str, GraphSpec], config: ProstC
                      "BLOCK_ELEMENTS": 1 << 24, "INTRA_OP_THREADS": options.intra_op_threads,
                      P.VIDEO_ENCODER_PARAM: video_sha})
     model.response_cache.enable = True  # keyed by version: every published gallery is a new version
-    from prost_export.onnx import with_float16_inputs  # imports torch: only where a graph is rewritten
-
     graph = with_float16_inputs(export_dir / specs["similarity"].onnx_file, (P.OBJECT_PROTOTYPES, P.EVENT_PROTOTYPES))
     return ModelSpec(model, {G.MODEL_FILE: source, G.SIMILARITY_FILE: graph})
 
 
 def _gallery_data(out: Path, model: mc.ModelConfig, config: ProstConfig) -> dict[str, bytes]:
-    """The latest gallery's data when the video encoder stamped in it is the new one, else an empty gallery
+    """The latest gallery's data when the video encoder that produced it is the new one, else an empty gallery
     (the caller holds the lock)."""
     encoder = model.parameters[P.VIDEO_ENCODER_PARAM].string_value
-    existing = G.versions(out / P.GALLERY_MODEL)
+    model_dir = out / P.GALLERY_MODEL
+    existing = G.versions(model_dir)
     if existing:
-        latest = out / P.GALLERY_MODEL / str(existing[-1])
+        latest = model_dir / str(existing[-1])
         try:
             stamp = G.safetensors_metadata(latest / G.TENSORS_FILE).get(G.ENCODER_STAMP)
-        except (OSError, ClientError):
-            stamp = None
-        if stamp == encoder and (latest / G.IDS_FILE).is_file():
-            return {f: (latest / f).read_bytes() for f in (G.TENSORS_FILE, G.IDS_FILE)}
-        log.warning("%s: the latest gallery was not encoded by this video encoder; the gallery starts empty, "
-                    "re-index with `prost-client index`", P.GALLERY_MODEL)
+            if stamp is None and _legacy_encoder(model_dir) == encoder:  # written before galleries were stamped
+                return _stamp_gallery(latest, encoder)
+            if stamp == encoder:
+                return {f: (latest / f).read_bytes() for f in (G.TENSORS_FILE, G.IDS_FILE)}
+            reason = "was encoded by another video encoder"
+        except (OSError, ClientError) as exc:
+            reason = f"cannot be read ({exc})"
+        log.warning("%s: the gallery starts empty: its version %s %s; re-index with `prost-client index`",
+                    P.GALLERY_MODEL, existing[-1], reason)
     h, d = config.head, config.embed_dim
     return G.gallery_files([], np.zeros((0, h.num_frames, h.num_objects, d), np.float32),
                            np.zeros((0, h.num_events, d), np.float32), video_encoder=encoder)
+
+
+def _legacy_encoder(model_dir: Path) -> str:
+    """The video encoder named by the gallery's current config.pbtxt ("" without one)."""
+    config_path = model_dir / "config.pbtxt"
+    try:
+        config = text_format.Parse(config_path.read_text(), mc.ModelConfig())
+    except (OSError, text_format.ParseError):
+        return ""
+    return config.parameters[P.VIDEO_ENCODER_PARAM].string_value
+
+
+def _stamp_gallery(version_dir: Path, encoder: str) -> dict[str, bytes]:
+    """The data files of an unstamped gallery version, stamped with `encoder`."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(version_dir / G.TENSORS_FILE))
+        ids = json.loads((version_dir / G.IDS_FILE).read_text())["video_ids"]
+        return G.gallery_files(ids, tensors["objects"], tensors["events"], video_encoder=encoder)
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+        raise ClientError(f"{version_dir}: {type(exc).__name__}: {exc}") from None
 
 
 def _read_export(export_dir: Path) -> dict:

@@ -13,7 +13,8 @@ import prost
 from prost.errors import ExportError, ParityError
 from prost_client import protocol as p
 from prost_client.gallery import sha256_file as sha256
-from prost_export.onnx import EncoderGraph, check_graph, example_inputs, export_graph, export_onnx, with_float16_inputs
+from prost_export.graph_rewrite import with_float16_inputs
+from prost_export.onnx import EncoderGraph, check_graph, example_inputs, export_graph, export_onnx
 from prost_export.parity import check_random_parity, compare, onnx_session, run_onnx, run_torch
 from prost_export.specs import GraphSpec, TensorSpec, graph_specs
 
@@ -95,6 +96,14 @@ def test_float16_inputs_give_the_graph_bit_identical_scores(tiny_export, tmp_pat
     assert all(np.array_equal(got[k], want[k]) for k in want)
     with pytest.raises(ExportError, match="no float32 input TOKEN_IDS"):
         with_float16_inputs(out / spec.onnx_file, (p.TOKEN_IDS,))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    for outputs in (["x_float32"], ["y", "x"]):  # the cast's name is taken; the input is also an output
+        nodes = [helper.make_node("Relu", ["x"], [outputs[0]])]
+        graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1])
+                                                     for n in outputs])
+        onnx.save(helper.make_model(graph), tmp_path / "clash.onnx")
+        with pytest.raises(ExportError, match="cannot cast x in place"):
+            with_float16_inputs(tmp_path / "clash.onnx", ("x",))
 
 
 def test_parity_gate_reports_the_worst_tensor(tiny_export):

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -214,10 +213,44 @@ def test_gallery_survives_rebuilds_until_the_video_encoder_changes(onnx_dir, tmp
     ids = json.loads((repo / P.GALLERY_MODEL / "3" / G.IDS_FILE).read_text())["video_ids"]
     assert ids == ["a", "b"]
 
+    stale = {**files, **G.gallery_files(["c"], np.ones((1, h.num_frames, h.num_objects, d)),
+                                        np.ones((1, h.num_events, d)), video_encoder="0" * 64)}
+    assert G.write_version(repo / P.GALLERY_MODEL, stale) == 4  # published by a client of another export
+    write_repository(onnx_dir, repo, max_batch_size=4)  # same encoder in the config, another one in the gallery
+    assert json.loads((repo / P.GALLERY_MODEL / "5" / G.IDS_FILE).read_text())["video_ids"] == []
+
+    assert G.write_version(repo / P.GALLERY_MODEL, files) == 6
     other = export_onnx(prost.create_model("tiny", seed=1), tmp_path / "other", parity=False)
     write_repository(other, repo, max_batch_size=8)  # new video encoder: the old prototypes are stale
-    assert G.versions(repo / P.GALLERY_MODEL) == [1, 2, 3, 4]
-    assert json.loads((repo / P.GALLERY_MODEL / "4" / G.IDS_FILE).read_text())["video_ids"] == []
+    assert G.versions(repo / P.GALLERY_MODEL) == [1, 2, 3, 4, 5, 6, 7]
+    assert json.loads((repo / P.GALLERY_MODEL / "7" / G.IDS_FILE).read_text())["video_ids"] == []
+
+
+@pytest.mark.parametrize("same_export", [True, False])
+def test_a_gallery_from_before_encoder_stamps_is_stamped_by_a_rebuild_of_its_export(onnx_dir, tmp_path, same_export):
+    """Upgrading: a gallery without a stamp is carried over, stamped, when the config it was served under names the
+    export's video encoder; under another export it is dropped like any stale gallery."""
+    import numpy as np
+
+    repo = write_repository(onnx_dir, tmp_path / "repo")
+    cfg = prost.ProstConfig.from_dict(json.loads((onnx_dir / "manifest.json").read_text())["config"])
+    h, d = cfg.head, cfg.embed_dim
+    objects = np.random.default_rng(0).standard_normal((2, h.num_frames, h.num_objects, d)).astype(np.float16)
+    events = np.ones((2, h.num_events, d), np.float16)
+    legacy = {G.TENSORS_FILE: G.safetensors_bytes({"objects": objects, "events": events}, {"format": "prost-gallery"}),
+              G.IDS_FILE: json.dumps({"video_ids": ["a", "b"]}).encode()}
+    legacy.update({n: (repo / P.GALLERY_MODEL / "1" / n).read_bytes() for n in (G.MODEL_FILE, G.SIMILARITY_FILE)})
+    assert G.write_version(repo / P.GALLERY_MODEL, legacy) == 2
+    export = onnx_dir if same_export else export_onnx(prost.create_model("tiny", seed=1), tmp_path / "o", parity=False)
+    write_repository(export, repo, max_batch_size=8)
+    rebuilt = repo / P.GALLERY_MODEL / "3"
+    assert G.safetensors_metadata(rebuilt / G.TENSORS_FILE)[G.ENCODER_STAMP] == video_encoder(export)
+    ids = json.loads((rebuilt / G.IDS_FILE).read_text())["video_ids"]
+    assert ids == (["a", "b"] if same_export else [])
+    if same_export:
+        from safetensors.numpy import load_file
+
+        np.testing.assert_array_equal(load_file(str(rebuilt / G.TENSORS_FILE))["objects"], objects)
 
 
 def test_manifest_lists_every_file_with_its_checksum(onnx_dir, tmp_path):
@@ -256,6 +289,11 @@ def test_a_damaged_manifest_stops_a_publisher_and_a_rebuild_rewrites_it(onnx_dir
     G.write_manifest(repo, rewritten)
     write_repository(onnx_dir, repo)
     assert set(json.loads((repo / G.MANIFEST_FILE).read_text())["models"]) == ALL_MODELS
+
+    (repo / f".{G.MANIFEST_FILE}.{os.getpid()}").mkdir()  # the manifest cannot be replaced now
+    with pytest.raises(ClientError, match="cannot write .*manifest.json"):
+        G.stage_version(repo, P.GALLERY_MODEL, {}, minimum=1)
+    assert G.versions(repo / P.GALLERY_MODEL) == [1]  # no version left that the manifest does not list
 
 
 def test_gallery_model_py_is_what_the_client_uploads():
@@ -307,11 +345,13 @@ def test_concurrent_publishers_get_distinct_versions(tmp_path):
 
 
 @pytest.mark.parametrize("first", ["publisher", "builder"])
-def test_a_rebuild_during_a_publish_keeps_the_published_gallery(onnx_dir, tmp_path, first):
+def test_a_rebuild_during_a_publish_keeps_the_published_gallery(onnx_dir, tmp_path, first, monkeypatch):
     """`prost repository build` copies the latest gallery under the gallery's lock and lists it in the manifest
     before releasing that lock, so a gallery published at the same time is never rolled back, in the versions or in
     the manifest, whichever writer goes first."""
     import numpy as np
+
+    from prost_export import repository as R
 
     repo = write_repository(onnx_dir, tmp_path / "repo")
     model_dir = repo / P.GALLERY_MODEL
@@ -324,17 +364,18 @@ def test_a_rebuild_during_a_publish_keeps_the_published_gallery(onnx_dir, tmp_pa
         with G.DirectoryLock(model_dir):
             G.stage_version(repo, P.GALLERY_MODEL, files, minimum=1)
 
-    builder = threading.Thread(target=write_repository, args=(onnx_dir, repo), kwargs={"max_batch_size": 8})
     if first == "publisher":
         publish()
-        builder.start()
-    else:  # publish while the builder still writes the models after the gallery (the copies of the ONNX graphs)
-        builder.start()
-        deadline = time.monotonic() + 60
-        while G.versions(model_dir) != [1, 2] and time.monotonic() < deadline:
-            time.sleep(0.005)
-        publish()
-    builder.join(120)
+    else:  # publish once the builder has written the gallery, before it writes the next model
+        write_model = R._write_model
+
+        def publish_then_write(target, spec):
+            if target != model_dir and G.versions(model_dir) == [1, 2]:
+                publish()
+            return write_model(target, spec)
+
+        monkeypatch.setattr(R, "_write_model", publish_then_write)
+    write_repository(onnx_dir, repo, max_batch_size=8)
     assert G.versions(model_dir) == [1, 2, 3]
     assert json.loads((model_dir / "3" / G.IDS_FILE).read_text())["video_ids"] == ["a", "b"]
     manifest = json.loads((repo / G.MANIFEST_FILE).read_text())

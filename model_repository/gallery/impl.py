@@ -3,8 +3,9 @@
 Inputs PHRASE_PROTOTYPES [Np, D], SENTENCE_EMBEDDING [D], optional TOP_K int32 [1] (one value per request);
 outputs VIDEO_IDS [K], SCORES [K] (S = S_es + beta * S_op, best first) and MATCHED_FRAMES int32 [K, Np]: for each
 result and phrase prototype, the frame of its best-matching object prototype. K = min(TOP_K, gallery size), so an
-empty gallery answers K = 0. Scoring runs `similarity.onnx` (the export's graph) with ONNX Runtime over chunks of
-videos, keeping a running top-k, so memory is bounded by BLOCK_ELEMENTS, not by the gallery size.
+empty gallery answers K = 0. Scoring runs `similarity.onnx` (the export's graph; the repository's copy takes the fp16
+prototypes as stored) with ONNX Runtime over chunks of videos, keeping a running top-k, so memory is bounded by
+BLOCK_ELEMENTS, not by the gallery size.
 
 Parameters: BETA and VIDEO_ENCODER_SHA256 (required), DEFAULT_TOP_K, MAX_TOP_K, BLOCK_ELEMENTS, INTRA_OP_THREADS.
 A missing or inconsistent gallery, or one stamped with another video encoder, raises in `initialize`: that version
@@ -40,8 +41,12 @@ def load_gallery(directory: Path, objects_dims: list[int], events_dims: list[int
         tensors = load_file(str(directory / G.TENSORS_FILE))
     except (OSError, ValueError, KeyError, TypeError, SafetensorError, ClientError) as exc:
         raise GalleryError(f"cannot read the gallery in {directory}: {type(exc).__name__}: {exc}") from None
+    if stamp is None:
+        raise GalleryError(f"{directory / G.TENSORS_FILE} was written before galleries named their video encoder; run "
+                           f"`prost repository build` on this repository again (it stamps the latest gallery when "
+                           f"the export is unchanged), or re-index the videos (`prost-client index`)")
     if stamp != video_encoder:
-        raise GalleryError(f"{directory / G.TENSORS_FILE} was encoded by video encoder {stamp or 'unknown'}, this "
+        raise GalleryError(f"{directory / G.TENSORS_FILE} was encoded by video encoder {stamp}, this "
                            f"gallery serves {video_encoder}: its prototypes would not match the served text encoder; "
                            f"re-index the videos through the served models (`prost-client index`)")
     if not isinstance(ids, list) or not all(isinstance(v, str) for v in ids) or len(set(ids)) != len(ids):
@@ -73,6 +78,11 @@ class TritonPythonModel:
         # The repository's graph takes the fp16 prototypes as they are stored; an uploaded export graph, float32.
         self.bank_dtype = {i.name: np.float16 if i.type == "tensor(float16)" else np.float32
                            for i in self.session.get_inputs() if i.name in (P.OBJECT_PROTOTYPES, P.EVENT_PROTOTYPES)}
+        if np.float32 in self.bank_dtype.values():
+            pb_utils.Logger.log_warn(
+                f"prost_gallery version {args['model_version']}: {G.SIMILARITY_FILE} takes float32 prototypes, so "
+                f"every search converts the fp16 gallery in numpy (several times slower); upload the graph of a built "
+                f"repository (prost_gallery/<N>/{G.SIMILARITY_FILE}) instead of the export's")
         objects_dims, events_dims = graph[P.OBJECT_PROTOTYPES][1:], graph[P.EVENT_PROTOTYPES][1:]
         if graph[P.PHRASE_PROTOTYPES][1:] != dims(config, P.PHRASE_PROTOTYPES):
             raise ParameterError(f"{P.PHRASE_PROTOTYPES} dims {dims(config, P.PHRASE_PROTOTYPES)} do not match "
@@ -127,9 +137,9 @@ class TritonPythonModel:
                         int(np.prod(self.objects.shape[1:])) + int(np.prod(self.events.shape[1:])))
         chunk = max(1, self.block // per_video)
         for v0 in range(0, n_v, chunk):
+            bank = {P.OBJECT_PROTOTYPES: self.objects[v0:v0 + chunk], P.EVENT_PROTOTYPES: self.events[v0:v0 + chunk]}
             feed = {P.PHRASE_PROTOTYPES: phrases, P.SENTENCE_EMBEDDING: sentence, P.BETA: self.beta,
-                    P.OBJECT_PROTOTYPES: self.objects[v0:v0 + chunk].astype(self.bank_dtype[P.OBJECT_PROTOTYPES], copy=False),
-                    P.EVENT_PROTOTYPES: self.events[v0:v0 + chunk].astype(self.bank_dtype[P.EVENT_PROTOTYPES], copy=False)}
+                    **{name: array.astype(self.bank_dtype[name], copy=False) for name, array in bank.items()}}
             scores = self.session.run([P.SIMILARITY], feed)[0]  # [T, c]
             indices = np.broadcast_to(np.arange(v0, v0 + scores.shape[1]), scores.shape)
             best_i, best_s = merge_top_k(best_i, best_s, indices, scores, k)
