@@ -17,7 +17,7 @@ def test_search_benchmark_agrees_with_in_process_search(tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(out.read_text())
-    assert figures["top1_agreement"] == 1.0
+    assert figures["top1_agreement"] >= 0.75  # random scores can nearly tie; a broken path agrees on ~1 in 64
     for side in ("in_process", "served"):
         assert set(figures[side]) == {"p50_ms", "p95_ms", "batched_qps", "concurrent_qps"}
         assert all(value > 0 for value in figures[side].values())
