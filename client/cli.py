@@ -11,6 +11,7 @@ from pathlib import Path
 from prost_client import protocol as P
 from prost_client.client import ProstClient
 from prost_client.errors import ClientError
+from prost_client.wire import VideoSource
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
 
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--batch-size", type=int, default=4, help="videos per encode request")
     index.add_argument("--keep-versions", type=int, default=3,
                        help="with --repository: gallery versions kept on disk, the new one included (default 3)")
+    index.add_argument("--strict", action="store_true",
+                       help="stop at the first video that cannot be read or decoded (default: leave it out and list "
+                            "it at the end)")
     index.add_argument("--no-progress", action="store_true")
     index.set_defaults(func=_index)
 
@@ -91,10 +95,17 @@ def _index(client: ProstClient, args: argparse.Namespace) -> int:
     if not videos:
         raise ClientError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) under {args.directory}")
     ids = [p.relative_to(args.directory).with_suffix("").as_posix() for p in videos]
-    version = client.publish_gallery(videos, ids, repository=args.repository, similarity_onnx=args.similarity_onnx,
-                                     batch_size=args.batch_size, progress=not args.no_progress,
-                                     keep_versions=args.keep_versions)
-    print(f"published {P.GALLERY_MODEL} version {version} with {len(videos)} video(s)")
+    skipped: list[tuple[VideoSource, str]] = []
+    try:
+        version = client.publish_gallery(videos, ids, repository=args.repository,
+                                         similarity_onnx=args.similarity_onnx, batch_size=args.batch_size,
+                                         progress=not args.no_progress, keep_versions=args.keep_versions,
+                                         on_invalid=None if args.strict else lambda v, why: skipped.append((v, why)))
+    finally:
+        for video, reason in skipped:
+            print(f"skipped {video}: {reason}", file=sys.stderr)
+    left_out = f"; left out {len(skipped)} that could not be read or decoded (listed above)" if skipped else ""
+    print(f"published {P.GALLERY_MODEL} version {version} with {len(videos) - len(skipped)} video(s){left_out}")
     return 0
 
 

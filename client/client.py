@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from prost_client import gallery, protocol as P, wire
-from prost_client.errors import ClientError, NotFoundError, UnavailableError, from_triton
+from prost_client.errors import ClientError, InvalidRequestError, NotFoundError, UnavailableError, from_triton
 from prost_client.wire import REPOSITORY_KEY_HEADER, SearchHit, VideoSource
 
 __all__ = ["AsyncProstClient", "ProstClient", "REPOSITORY_KEY_HEADER", "SearchHit"]
@@ -97,8 +97,11 @@ class _Base:
 
     def encode_videos(self, videos: Sequence[VideoSource], *, batch_size: int | None = None,
                       progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Object prototypes [V, L, No, D] and event prototypes [V, Ne, D] of encoded video files (paths or bytes)."""
-        return self._run(self._encode_videos(list(videos), batch_size, progress))
+        """Object prototypes [V, L, No, D] and event prototypes [V, Ne, D] of encoded video files (paths or bytes).
+
+        A video that cannot be read or decoded raises (InvalidRequestError from the server), naming it.
+        """
+        return self._run(self._encode_every_video(list(videos), batch_size, progress))
 
     def score(self, texts: str | Sequence[str], videos: Sequence[VideoSource], *,
               beta: float | None = None) -> np.ndarray:
@@ -111,13 +114,17 @@ class _Base:
 
     def publish_gallery(self, videos: Sequence[VideoSource], video_ids: Sequence[str] | None = None, *,
                         repository: Path | None = None, similarity_onnx: Path | bytes | None = None,
-                        batch_size: int | None = None, progress: bool = True, keep_versions: int | None = 3) -> int:
+                        batch_size: int | None = None, progress: bool = True, keep_versions: int | None = 3,
+                        on_invalid: Callable[[VideoSource, str], None] | None = None) -> int:
         """Encode `videos` through Triton and publish them as a NEW version of prost_gallery; returns the version.
 
-        See `publish_prototypes` for `repository`, `similarity_onnx` and `keep_versions`.
+        Without `on_invalid` the first video that cannot be read or decoded raises, naming it, and nothing is
+        published. With it, each such video is reported as on_invalid(video, reason) and left out of the gallery
+        (publishing is refused when no video is left). See `publish_prototypes` for `repository`, `similarity_onnx`
+        and `keep_versions`.
         """
         return self._run(self._publish_gallery(list(videos), video_ids, repository, similarity_onnx, batch_size,
-                                               progress, keep_versions))
+                                               progress, keep_versions, on_invalid))
 
     def publish_prototypes(self, video_ids: Sequence[str], objects: np.ndarray, events: np.ndarray, *,
                            repository: Path | None = None, similarity_onnx: Path | bytes | None = None,
@@ -200,16 +207,54 @@ class _Base:
         results = yield [self._infer(wire.encode_text_request(texts[p])) for p in wire.chunks(len(texts), per_call)]
         return tuple(np.concatenate([r.as_numpy(n) for r in results]) for n in names)
 
-    def _encode_videos(self, videos: list[VideoSource], batch_size: int | None, progress: bool) -> Plan:
+    def _encode_every_video(self, videos: list[VideoSource], batch_size: int | None, progress: bool) -> Plan:
+        objects, events, _ = yield from self._encode_videos(videos, batch_size, progress, None)
+        return objects, events
+
+    def _encode_videos(self, videos: list[VideoSource], batch_size: int | None, progress: bool,
+                       on_invalid: Callable[[VideoSource, str], None] | None) -> Plan:
+        """(objects, events, kept): the prototypes of the videos that encoded, and their indices in `videos`
+        (`on_invalid` as in publish_gallery)."""
         names = (P.OBJECT_PROTOTYPES, P.EVENT_PROTOTYPES)
-        if not videos:
-            return wire.empty_outputs((yield self._metadata(P.ENCODE_VIDEO_MODEL)), *names)
-        results, per_call = [], (yield from self._per_call(videos=batch_size))[1]
+        encoded = []
+        per_call = (yield from self._per_call(videos=batch_size))[1] if videos else 1
         with contextlib.closing(wire.progress_bar(len(videos), progress, "encode")) as bar:
             for part in wire.chunks(len(videos), per_call):  # one batch in memory at a time
-                results.append((yield self._infer(wire.encode_request([wire.read_bytes(v) for v in videos[part]]))))
+                chunk = {}
+                for i in range(part.start, part.stop):
+                    try:
+                        chunk[i] = wire.read_bytes(videos[i])
+                    except ClientError as exc:
+                        if on_invalid is None:
+                            raise
+                        on_invalid(videos[i], str(exc))
+                encoded += yield from self._encode_chunk(chunk, videos, on_invalid)
                 bar.update(part.stop - part.start)
-        return tuple(np.concatenate([r.as_numpy(n) for r in results]) for n in names)
+        if not encoded:
+            return (*wire.empty_outputs((yield self._metadata(P.ENCODE_VIDEO_MODEL)), *names), [])
+        return (*(np.concatenate([r.as_numpy(n) for _, r in encoded]) for n in names),
+                [i for indices, _ in encoded for i in indices])
+
+    def _encode_chunk(self, chunk: dict[int, bytes], videos: list[VideoSource],
+                      on_invalid: Callable[[VideoSource, str], None] | None) -> Plan:
+        """[(indices, result)] of one request; a request the server refuses is sent again one video at a time, to
+        tell the invalid videos from the others."""
+        if not chunk:
+            return []
+        try:
+            return [(list(chunk), (yield self._infer(wire.encode_request(list(chunk.values())))))]
+        except InvalidRequestError as exc:
+            if len(chunk) == 1:
+                [(i, data)] = chunk.items()
+                source = videos[i] if isinstance(videos[i], (str, Path)) else f"videos[{i}] ({len(data)} bytes)"
+                if on_invalid is None:
+                    raise InvalidRequestError(f"{source}: {exc}", exc.status) from None
+                on_invalid(videos[i], str(exc))
+                return []
+        encoded = []
+        for i, data in chunk.items():
+            encoded += yield from self._encode_chunk({i: data}, videos, on_invalid)
+        return encoded
 
     def _score(self, texts: list[str], videos: list[VideoSource], beta: float | None) -> Plan:
         if beta is None:
@@ -229,13 +274,16 @@ class _Base:
         return np.concatenate(columns, axis=1)
 
     def _publish_gallery(self, videos, video_ids, repository, similarity_onnx, batch_size, progress,
-                         keep_versions) -> Plan:
+                         keep_versions, on_invalid) -> Plan:
         ids = wire.video_ids_for(videos, video_ids)
         wire.check_keep_versions(keep_versions)  # before encoding, like every argument check
         if repository is None:
             wire.upload_files(0, {}, similarity_onnx)  # fail before encoding when the graph is missing
         encoder = yield from self._video_encoder()
-        objects, events = yield from self._encode_videos(videos, batch_size, progress)
+        objects, events, kept = yield from self._encode_videos(videos, batch_size, progress, on_invalid)
+        if videos and not kept:
+            raise ClientError(f"none of the {len(videos)} videos could be read and decoded; nothing was published")
+        ids = [ids[i] for i in kept]
         if (yield from self._video_encoder()) != encoder:
             raise ClientError(f"{P.VIDEO_MODEL} was reloaded with another video encoder while the videos were being "
                               f"encoded; nothing was published, index them again")

@@ -159,6 +159,40 @@ def test_cli_index_and_score(triton_server, client, model_repository, synthetic_
     assert len(client.search("anything", top_k=10)[0]) == len(synthetic_videos)
 
 
+def test_index_leaves_out_videos_it_cannot_decode_and_names_them(triton_server, client, model_repository,
+                                                                  synthetic_videos, tmp_path):
+    """One bad file in a directory costs only itself: the others are published and the bad ones are listed; with
+    --strict (and in the library without on_invalid) the first bad video stops everything, named."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for p in synthetic_videos[:3]:
+        (videos / p.name).write_bytes(p.read_bytes())
+    (videos / "broken.mp4").write_bytes(b"\x00not a video" * 100)
+    (videos / "empty.mp4").write_bytes(b"")
+    index = ["--url", triton_server.url, "--repository-key", triton_server.repository_key, "index", str(videos),
+             "--repository", str(model_repository), "--no-progress", "--batch-size", "4"]
+    try:
+        served = client.gallery_version()
+        result = run_console(*index, "--strict")
+        assert result.returncode == 1 and "broken.mp4: " in result.stderr and client.gallery_version() == served
+        with pytest.raises(errors.InvalidRequestError, match=r"videos\[1\] \(1200 bytes\): "):
+            client.encode_videos([synthetic_videos[0], (videos / "broken.mp4").read_bytes()])
+
+        result = run_console(*index)
+        assert result.returncode == 0, result.stderr
+        assert "with 3 video(s); left out 2" in result.stdout
+        assert {line.split(":")[0] for line in result.stderr.splitlines() if line.startswith("skipped ")} == {
+            f"skipped {videos / 'broken.mp4'}", f"skipped {videos / 'empty.mp4'}"}
+        assert {h.video_id for h in client.search("anything", top_k=10)[0]} == {p.stem for p in synthetic_videos[:3]}
+
+        for p in synthetic_videos[:3]:
+            (videos / p.name).unlink()
+        result = run_console(*index)
+        assert result.returncode == 1 and "none of the 2 videos could be read and decoded" in result.stderr
+    finally:  # leave the session's gallery as the other tests expect it
+        client.publish_gallery(synthetic_videos, repository=model_repository, progress=False)
+
+
 def test_requests_never_exceed_the_served_max_batch_size(triton_server, client, synthetic_videos):
     """Asked for 100 items per request, the client sends at most the repository's 32 texts and 8 videos."""
     texts = [f"a red circle moves {d}" for d in ("left", "right", "up", "down")] * 10  # 40 texts
