@@ -35,6 +35,7 @@ from pathlib import Path
 
 from prost.errors import RepositoryError
 from prost_client.wire import REPOSITORY_KEY_HEADER
+from prost_export.watchdog import StubWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -231,13 +232,30 @@ class TritonServer:
                                       f"(log: {self.log_path})")
             time.sleep(0.25)
 
+    def _repository_call(self, path: str, timeout: float = 2.0) -> object:
+        """POST to a restricted repository endpoint (`/v2/repository/...`); its JSON answer, None when empty."""
+        request = urllib.request.Request(f"{self.http_url}/v2/repository/{path}", data=b"{}", method="POST",
+                                         headers={REPOSITORY_KEY_HEADER: self.repository_key})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    def ready_versions(self) -> set[tuple[str, str]] | None:
+        """{(model, version)} READY in the repository index; None while the server does not answer."""
+        try:
+            index = self._repository_call("index")
+        except (OSError, urllib.error.URLError, ValueError):
+            return None
+        return {(entry["name"], entry.get("version", "")) for entry in index if entry.get("state") == "READY"}
+
+    def load_model(self, model: str, timeout: float = 300.0) -> None:
+        """(Re)load a model from the repository through Triton's load API."""
+        self._repository_call(f"models/{model}/load", timeout=timeout)
+
     def _model_states(self) -> dict[str, tuple[str, str]] | None:
         """{model: (state, reason)} of the models to load, from the repository index; None while unreachable."""
         try:
-            request = urllib.request.Request(f"{self.http_url}/v2/repository/index", data=b"{}", method="POST",
-                                             headers={REPOSITORY_KEY_HEADER: self.repository_key})
-            with urllib.request.urlopen(request, timeout=2) as response:
-                index = json.loads(response.read())
+            index = self._repository_call("index")
         except (OSError, urllib.error.URLError, ValueError):
             return None
         states: dict[str, tuple[str, str]] = {}
@@ -306,13 +324,25 @@ class TritonServer:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
-    def serve_forever(self) -> int:
-        """Block until the server exits or a stop is requested, then stop it; returns its exit status."""
+    def serve_forever(self, watchdog_interval: float = 2.0) -> int:
+        """Block until the server exits or a stop is requested, then stop it; returns its exit status.
+
+        Every `watchdog_interval` seconds (0: never) a python model whose backend stub died is reloaded
+        (export/watchdog.py).
+        """
         process = self.process
+        watchdog = StubWatchdog(process.pid, self.repository, self.ready_versions, self.load_model)
+        next_check = time.monotonic() + watchdog_interval
         try:
             while process.poll() is None and self.stop_signal is None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(0.5)
+                if watchdog_interval and time.monotonic() >= next_check and process.poll() is None:
+                    try:
+                        watchdog.check()
+                    except (OSError, urllib.error.URLError, ValueError) as exc:  # never stops serving
+                        log.warning("stub watchdog: %s", exc)
+                    next_check = time.monotonic() + watchdog_interval
         finally:
             self.stop()
         return process.returncode
@@ -336,6 +366,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                         help="key for model load/unload (default: $PROST_REPOSITORY_KEY, else generated)")
     parser.add_argument("--ready-timeout", type=float, default=300.0)
     parser.add_argument("--grace", type=float, default=30.0, help="seconds from SIGINT to SIGKILL when stopping")
+    parser.add_argument("--stub-watchdog", type=float, default=2.0, metavar="SECONDS",
+                        help="how often to look for dead python-backend stubs and reload their models (0: never; "
+                             "default 2)")
     parser.set_defaults(func=_serve_cmd)
 
 
@@ -355,6 +388,6 @@ def _serve_cmd(args: argparse.Namespace) -> int:
         print(f"ready in {server.startup_seconds:.1f} s: gRPC {server.url}, HTTP {server.http_url}, metrics "
               f"{server._connect_host}:{server.metrics_port}\nrepository key (for load/unload, e.g. prost-client "
               f"index): {key_file}\nlogs: {server.log_path}", file=sys.stderr, flush=True)
-        status = server.serve_forever()
+        status = server.serve_forever(watchdog_interval=args.stub_watchdog)
     print(f"tritonserver exited with status {status}; logs: {server.log_path}", file=sys.stderr)
     return 0 if status in (0, -signal.SIGINT, -signal.SIGTERM) else 1

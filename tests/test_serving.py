@@ -392,6 +392,41 @@ def test_prost_serve_stops_cleanly_on_sigterm(model_repository, tmp_path):
     assert oct((tmp_path / "ready" / "repository.key").stat().st_mode & 0o777) == "0o600"
 
 
+def test_prost_serve_reloads_a_model_whose_stub_was_killed(model_repository, tmp_path):
+    """Triton keeps a model READY after its python-backend stub is killed and fails every request to it; `prost
+    serve` notices the stub is gone and reloads the model, so search answers again."""
+    from prost_export.server import free_ports
+    from prost_export.watchdog import live_stubs
+
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repository, repo, ignore=shutil.ignore_patterns(".lock", "__pycache__"))
+    ports = free_ports(3)
+    err = tmp_path / "serve.err"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "prost.cli", "serve", "--repository", str(repo),
+                                 "--grpc-port", str(ports[0]), "--http-port", str(ports[1]), "--metrics-port",
+                                 str(ports[2]), "--log-dir", str(tmp_path / "logs"), "--stub-watchdog", "3",
+                                 "--grace", "8"],  # Triton cannot finalize the dead instance: it stops at the timeout
+                                stderr=stderr)
+    try:
+        wait_for(lambda: "ready in" in err.read_text(), proc, err)
+        key = (tmp_path / "logs" / "repository.key").read_text().strip()
+        with ProstClient(f"127.0.0.1:{ports[0]}", timeout=60, repository_key=key) as c:
+            assert c.search("a red circle", top_k=3)
+            server_pid = int(next(p for p in processes_using(repo) if "tritonserver " in p).split(":")[0])
+            [stub] = [pid for key, pid in live_stubs(server_pid).items() if key[0] == P.GALLERY_MODEL]
+            os.kill(stub, signal.SIGKILL)
+            with pytest.raises(errors.ServerError, match="is not healthy"):
+                c.search("a red circle moves", top_k=3)
+            wait_for(lambda: f"reloaded {P.GALLERY_MODEL} in" in err.read_text(), proc, err, 30)
+            assert "stub prost_gallery_0_0 of prost_gallery died" in err.read_text()
+            assert c.search("a red circle moves up", top_k=3)
+            assert [key for key in live_stubs(server_pid) if key[0] == P.GALLERY_MODEL]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
 def processes_using(repository: Path) -> list[str]:
     """Live (not zombie) tritonserver and python-backend stub processes whose command line names `repository`."""
     found = []
