@@ -205,7 +205,7 @@ class _Base:
             return wire.empty_outputs((yield self._metadata(P.ENCODE_TEXT_MODEL)), *names)
         per_call = (yield from self._per_call())[0]
         results = yield [self._infer(wire.encode_text_request(texts[p])) for p in wire.chunks(len(texts), per_call)]
-        return tuple(np.concatenate([r.as_numpy(n) for r in results]) for n in names)
+        return tuple(np.concatenate([wire.output(r, n) for r in results]) for n in names)
 
     def _encode_every_video(self, videos: list[VideoSource], batch_size: int | None, progress: bool) -> Plan:
         objects, events, _ = yield from self._encode_videos(videos, batch_size, progress, None)
@@ -232,7 +232,7 @@ class _Base:
                 bar.update(part.stop - part.start)
         if not encoded:
             return (*wire.empty_outputs((yield self._metadata(P.ENCODE_VIDEO_MODEL)), *names), [])
-        return (*(np.concatenate([r.as_numpy(n) for _, r in encoded]) for n in names),
+        return (*(np.concatenate([wire.output(r, n) for _, r in encoded]) for n in names),
                 [i for indices, _ in encoded for i in indices])
 
     def _encode_chunk(self, chunk: dict[int, bytes], videos: list[VideoSource],
@@ -270,7 +270,7 @@ class _Base:
         for part in wire.chunks(len(videos), videos_per_call):  # one video chunk read and encoded at a time
             video = yield self._infer(wire.encode_request([wire.read_bytes(v) for v in videos[part]]))
             scores = yield [self._infer(wire.similarity_request(t, video, beta)) for t in text]
-            columns.append(np.concatenate([s.as_numpy(P.SIMILARITY) for s in scores]))
+            columns.append(np.concatenate([wire.output(s, P.SIMILARITY) for s in scores]))
         return np.concatenate(columns, axis=1)
 
     def _publish_gallery(self, videos, video_ids, repository, similarity_onnx, batch_size, progress,

@@ -12,7 +12,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from prost_client import gallery, protocol as P
-from prost_client.errors import ClientError, DeadlineError, UnavailableError
+from prost_client.errors import ClientError, DeadlineError, ServerError, UnavailableError
 
 VideoSource = str | Path | bytes
 
@@ -125,10 +125,20 @@ def search_request(texts: list[str], top_k: int | None) -> dict:
             "outputs": outputs(P.VIDEO_IDS, P.SCORES, P.MATCHED_FRAMES)}
 
 
+def output(result, name: str) -> np.ndarray:
+    """One output of an infer result; ServerError when the answer lacks it (a model behind an ensemble crashed)."""
+    array = result.as_numpy(name)
+    if array is None:
+        model = result.get_response().model_name
+        raise ServerError(f"{model} answered without {name}: a model behind it may have crashed (see the server log)",
+                          "INTERNAL")
+    return array
+
+
 def parse_search(result) -> list[list[SearchHit]]:
-    ids = result.as_numpy(P.VIDEO_IDS)  # [B, K] bytes
-    scores = result.as_numpy(P.SCORES)  # [B, K]
-    frames = result.as_numpy(P.MATCHED_FRAMES)  # [B, K, Np]
+    ids = output(result, P.VIDEO_IDS)  # [B, K] bytes
+    scores = output(result, P.SCORES)  # [B, K]
+    frames = output(result, P.MATCHED_FRAMES)  # [B, K, Np]
     return [[SearchHit(_text(ids[b, k]), float(scores[b, k]), tuple(int(f) for f in frames[b, k]))
              for k in range(ids.shape[1])] for b in range(ids.shape[0])]
 
@@ -145,7 +155,7 @@ def encode_text_request(texts: list[str]) -> dict:
 
 def similarity_request(text, video, beta: float) -> dict:
     """prost_similarity of one encode_text result (T texts) against one encode result (V videos): SIMILARITY [T, V]."""
-    inputs = [array_input(name, result.as_numpy(name)) for result, name in (
+    inputs = [array_input(name, output(result, name)) for result, name in (
         (text, P.PHRASE_PROTOTYPES), (text, P.SENTENCE_EMBEDDING), (video, P.OBJECT_PROTOTYPES),
         (video, P.EVENT_PROTOTYPES))]
     inputs.append(array_input(P.BETA, np.array([beta], dtype=np.float32)))

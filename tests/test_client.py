@@ -65,6 +65,16 @@ def test_unreachable_server_is_unavailable_after_retries():
     assert no_retries["grpc.enable_retries"] == 0 and "grpc.service_config" not in no_retries
 
 
+def test_an_answer_without_its_outputs_is_a_server_error():
+    """An ensemble whose inner model's stub died answers without outputs (seen with tritonserver 2.51): a ServerError
+    naming the model and the output, not an AttributeError deep in the parser."""
+    from tritonclient.grpc import service_pb2
+
+    result = grpcclient.InferResult(service_pb2.ModelInferResponse(model_name=P.TEXT_SEARCH_MODEL))
+    with pytest.raises(errors.ServerError, match=f"{P.TEXT_SEARCH_MODEL} answered without {P.VIDEO_IDS}"):
+        wire.parse_search(result)
+
+
 def test_gallery_files_are_safetensors_stamped_with_their_video_encoder(tmp_path):
     from safetensors import safe_open
     from safetensors.numpy import load_file
