@@ -111,7 +111,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     model = prost.load_model(args.checkpoint) if args.checkpoint else prost.create_model(args.preset, seed=0)
     model.eval()
     export = export_onnx(model, work / "export", parity=False)
-    repo = write_repository(export, work / "repository", "cpu")
+    repo = write_repository(export, work / "repository", "cpu", intra_op_threads=args.intra_op_threads)
     gallery = random_gallery(model.config, args.videos, seed=1)
     ids = [f"v{i:06d}" for i in range(args.videos)]
     q = args.queries
@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=200, help="distinct synthetic captions (default 200)")
     parser.add_argument("--batch", type=int, default=32, help="texts per batched call (default 32)")
     parser.add_argument("--concurrency", type=int, default=4, help="parallel one-query callers (default 4)")
+    parser.add_argument("--intra-op-threads", type=int, default=0,
+                        help="ONNX Runtime threads of each served python model (default 0: ONNX Runtime's choice)")
     parser.add_argument("--preset", default="tiny", help="architecture of the random model (default tiny)")
     parser.add_argument("--checkpoint", type=Path, help="a trained checkpoint instead of random weights")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON")
