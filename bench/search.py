@@ -133,6 +133,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         position = {v: i for i, v in enumerate(ids)}  # the warm-up: both paths answer the same queries
         agreement = float(np.mean([r[0] == s[0] for r, s in zip(local(warm), served(warm))]))
         return {"videos": args.videos, "queries": q, "batch": args.batch, "callers": args.concurrency,
+                "intra_op_threads": args.intra_op_threads,
                 "torch_threads": torch.get_num_threads(), "torch_threads_per_caller": per_caller,
                 "top1_agreement": agreement,
                 "in_process": measure(local, timed, args.batch, args.concurrency, per_caller),

@@ -13,6 +13,8 @@ from prost_client.client import ProstClient
 from prost_client.errors import ClientError
 from prost_client.wire import VideoSource
 
+EXIT_SKIPPED = 3  # `index` published, but left videos out: scripts can tell it from success (0) and failure (1)
+
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
 
 
@@ -47,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--keep-versions", type=int, default=3,
                        help="with --repository: gallery versions kept on disk, the new one included (default 3)")
     index.add_argument("--strict", action="store_true",
-                       help="stop at the first video that cannot be read or decoded (default: leave it out and list "
-                            "it at the end)")
+                       help="stop at the first video the client cannot read or the server refuses (undecodable, over "
+                            "its size or frame limits); default: leave it out, list it, and exit with status 3")
     index.add_argument("--no-progress", action="store_true")
     index.set_defaults(func=_index)
 
@@ -104,9 +106,9 @@ def _index(client: ProstClient, args: argparse.Namespace) -> int:
     finally:
         for video, reason in skipped:
             print(f"skipped {video}: {reason}", file=sys.stderr)
-    left_out = f"; left out {len(skipped)} that could not be read or decoded (listed above)" if skipped else ""
+    left_out = f"; left out {len(skipped)} unreadable or refused (listed above)" if skipped else ""
     print(f"published {P.GALLERY_MODEL} version {version} with {len(videos) - len(skipped)} video(s){left_out}")
-    return 0
+    return EXIT_SKIPPED if skipped else 0
 
 
 def _score(client: ProstClient, args: argparse.Namespace) -> int:

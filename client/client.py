@@ -99,7 +99,7 @@ class _Base:
                       progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Object prototypes [V, L, No, D] and event prototypes [V, Ne, D] of encoded video files (paths or bytes).
 
-        A video that cannot be read or decoded raises (InvalidRequestError from the server), naming it.
+        A video that cannot be read, or that the server refuses (undecodable, over its limits), raises, naming it.
         """
         return self._run(self._encode_every_video(list(videos), batch_size, progress))
 
@@ -118,10 +118,10 @@ class _Base:
                         on_invalid: Callable[[VideoSource, str], None] | None = None) -> int:
         """Encode `videos` through Triton and publish them as a NEW version of prost_gallery; returns the version.
 
-        Without `on_invalid` the first video that cannot be read or decoded raises, naming it, and nothing is
-        published. With it, each such video is reported as on_invalid(video, reason) and left out of the gallery
-        (publishing is refused when no video is left). See `publish_prototypes` for `repository`, `similarity_onnx`
-        and `keep_versions`.
+        Without `on_invalid` the first video that cannot be read, or that the server refuses (undecodable, over its
+        size or frame limits), raises, naming it, and nothing is published. With it, each such video is reported as
+        on_invalid(video, reason) and left out of the gallery (publishing is refused when no video is left). See
+        `publish_prototypes` for `repository`, `similarity_onnx` and `keep_versions`.
         """
         return self._run(self._publish_gallery(list(videos), video_ids, repository, similarity_onnx, batch_size,
                                                progress, keep_versions, on_invalid))
@@ -282,7 +282,7 @@ class _Base:
         encoder = yield from self._video_encoder()
         objects, events, kept = yield from self._encode_videos(videos, batch_size, progress, on_invalid)
         if videos and not kept:
-            raise ClientError(f"none of the {len(videos)} videos could be read and decoded; nothing was published")
+            raise ClientError(f"none of the {len(videos)} videos could be read and encoded; nothing was published")
         ids = [ids[i] for i in kept]
         if (yield from self._video_encoder()) != encoder:
             raise ClientError(f"{P.VIDEO_MODEL} was reloaded with another video encoder while the videos were being "

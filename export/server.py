@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -330,22 +331,28 @@ class TritonServer:
         Every `watchdog_interval` seconds (0: never) a python model whose backend stub died is reloaded
         (export/watchdog.py).
         """
-        process = self.process
-        watchdog = StubWatchdog(process.pid, self.repository, self.ready_versions, self.load_model)
-        next_check = time.monotonic() + watchdog_interval
+        process, done = self.process, threading.Event()
+        if watchdog_interval > 0:  # a thread: a reload (up to minutes) never delays a stop
+            threading.Thread(target=self._watch_stubs, args=(process.pid, watchdog_interval, done),
+                             name="stub-watchdog", daemon=True).start()
         try:
             while process.poll() is None and self.stop_signal is None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(0.5)
-                if watchdog_interval and time.monotonic() >= next_check and process.poll() is None:
-                    try:
-                        watchdog.check()
-                    except (OSError, urllib.error.URLError, ValueError) as exc:  # never stops serving
-                        log.warning("stub watchdog: %s", exc)
-                    next_check = time.monotonic() + watchdog_interval
         finally:
+            done.set()
             self.stop()
         return process.returncode
+
+    def _watch_stubs(self, server_pid: int, interval: float, done: threading.Event) -> None:
+        """serve_forever's watchdog thread: a check every `interval` seconds until `done`."""
+        watchdog = StubWatchdog(server_pid, self.repository, self.ready_versions, self.load_model)
+        while not done.wait(interval):
+            try:
+                watchdog.check()
+            except Exception:  # noqa: BLE001 - logged; the watchdog never stops serving
+                if not done.is_set():
+                    log.exception("stub watchdog")
 
     def __enter__(self) -> TritonServer:
         return self.start()

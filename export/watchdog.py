@@ -3,29 +3,42 @@
 Triton's python backend does not restart a killed stub (the OOM killer, a crash in native code): the model stays READY
 in every health check while each request to it fails with "Stub process '<instance>' is not healthy", until the model
 is loaded again (measured with tritonserver 2.51: never recovers on its own; a reload serves again in about 1.5 s).
+Triton reloads a loaded model only when a file in its directory is newer than at the last load, so the watchdog
+touches the model's lock file first.
 
-A stub is identified by (model, version, instance) from its command line. One that disappears while the repository
-index still lists that version READY has died: versions being swapped or unloaded are no longer READY when their stubs
-exit. The model is then reloaded under its directory lock, so a publisher loading a new version (which restarts the
-stub anyway) is never raced.
+A stub is identified by (model, version, instance): the instance name is `<model>_<group>_<index>`, the version the
+directory of the `model.py` it runs. One that disappears while the repository index still lists that version READY has
+died: versions being swapped or unloaded are no longer READY when their stubs exit. The model is then reloaded under
+its directory lock, so a publisher loading a new version (which restarts the stub anyway) is never raced. A version
+that was uploaded (Triton runs it from a temporary directory) comes back as the repository's latest version: uploads
+are not durable, and a working older gallery beats a dead one.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from prost_client.gallery import DirectoryLock
 
 log = logging.getLogger(__name__)
 
 StubKey = tuple[str, str, str]  # model, version, instance
+_INSTANCE = re.compile(r"(.+)_\d+_\d+")
 
 
-def live_stubs(server_pid: int, proc: Path = Path("/proc")) -> dict[StubKey, int]:
-    """{(model, version, instance): pid} of the live (not zombie) python-backend stubs that `server_pid` started."""
+class Stub(NamedTuple):
+    pid: int
+    model_py: Path  # <repository>/<model>/<version>/model.py, or Triton's temporary directory for an upload
+
+
+def live_stubs(server_pid: int, proc: Path = Path("/proc")) -> dict[StubKey, Stub]:
+    """The live (not zombie) python-backend stubs that `server_pid` started, by (model, version, instance)."""
     stubs = {}
     for entry in proc.iterdir():
         if not entry.name.isdigit():
@@ -35,13 +48,12 @@ def live_stubs(server_pid: int, proc: Path = Path("/proc")) -> dict[StubKey, int
             args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except (OSError, ValueError):  # gone meanwhile, or not readable
             continue
-        if int(ppid) != server_pid or state == "Z" or not args[0].endswith("triton_python_backend_stub"):
+        if ppid != str(server_pid) or state == "Z" or not args[0].endswith("triton_python_backend_stub"):
             continue
-        model_py = Path(args[1])  # <repository>/<model>/<version>/model.py
-        model, version = model_py.parent.parent.name, model_py.parent.name
-        instance = next((a for a in args[2:] if a.startswith(f"{model}_")), None)
+        instance = next((a for a in reversed(args[2:]) if _INSTANCE.fullmatch(a)), None)
         if instance is not None:
-            stubs[model, version, instance] = int(entry.name)
+            model_py = Path(args[1])
+            stubs[_INSTANCE.fullmatch(instance)[1], model_py.parent.name, instance] = Stub(int(entry.name), model_py)
     return stubs
 
 
@@ -58,47 +70,56 @@ class StubWatchdog:
             ready_versions: {(model, version)} READY in the repository index, None when the server does not answer.
             load: reloads a model (Triton's load API).
             confirm: checks a stub must stay gone before its model is reloaded.
-            backoff: seconds before the same model is reloaded again.
+            backoff: seconds between two reloads of one model (a stub that dies at once is not reloaded in a loop).
             proc: the proc filesystem.
         """
-        self.server_pid, self.repository = server_pid, Path(repository)
+        self.server_pid, self.repository = server_pid, Path(repository).resolve()
         self.ready_versions, self.load = ready_versions, load
         self.confirm, self.backoff, self.proc = confirm, backoff, proc
-        # Every stub seen alive, from now on: consecutive checks it has been gone.
-        self.missing: dict[StubKey, int] = dict.fromkeys(live_stubs(server_pid, proc), 0)
+        # Every stub seen alive, from now on, and the consecutive checks it has been gone.
+        self.seen: dict[StubKey, Stub] = live_stubs(server_pid, proc)
+        self.missing: dict[StubKey, int] = dict.fromkeys(self.seen, 0)
         self.reloaded_at: dict[str, float] = {}
 
     def check(self) -> list[str]:
         """Reload the models whose stub died; returns their names."""
         alive = live_stubs(self.server_pid, self.proc)
-        self.missing = {key: 0 if key in alive else count + 1
-                        for key, count in {**dict.fromkeys(alive, 0), **self.missing}.items()}
+        self.seen.update(alive)
+        self.missing = {key: 0 if key in alive else self.missing.get(key, 0) + 1 for key in self.seen}
         gone = [key for key, count in self.missing.items() if count >= self.confirm]
-        if not gone:
-            return []
-        ready = self.ready_versions()
+        ready = self.ready_versions() if gone else None
         if ready is None:
             return []
         for key in gone:
             if key[:2] not in ready:  # swapped or unloaded on purpose
-                del self.missing[key]
-        reloaded = []
-        for model in sorted({key[0] for key in gone if key in self.missing}):
-            if time.monotonic() - self.reloaded_at.get(model, -self.backoff) < self.backoff:
-                continue
-            lock = DirectoryLock(self.repository / model)
-            if not lock.try_acquire():  # a publisher is loading a new version: that restarts the stub
-                continue
-            started = time.monotonic()
-            try:
-                dead = sorted(instance for m, _, instance in gone if m == model)
-                log.warning("python-backend stub %s of %s died; reloading %s", ", ".join(dead), model, model)
-                self.load(model)
-            finally:
-                lock.release()
-            log.warning("reloaded %s in %.1f s", model, time.monotonic() - started)
-            self.reloaded_at[model] = time.monotonic()
-            reloaded.append(model)
-            for key in [k for k in gone if k[0] == model]:  # its new stubs are tracked when they come up
-                del self.missing[key]
-        return reloaded
+                self._forget(key)
+        return [model for model in sorted({key[0] for key in gone if key in self.seen}) if self._reload(model)]
+
+    def _reload(self, model: str) -> bool:
+        """Reload `model` unless it was reloaded within the backoff or a publisher holds its lock."""
+        if time.monotonic() - self.reloaded_at.get(model, -self.backoff) < self.backoff:
+            return False
+        lock = DirectoryLock(self.repository / model)
+        if not lock.try_acquire():  # a publisher is loading a new version: that restarts the stub
+            return False
+        dead = {key: self.seen[key] for key in self.seen if key[0] == model and self.missing[key] >= self.confirm}
+        self.reloaded_at[model] = started = time.monotonic()
+        try:
+            log.warning("python-backend stub %s of %s died; reloading %s", ", ".join(k[2] for k in dead), model, model)
+            if any(not stub.model_py.is_relative_to(self.repository) for stub in dead.values()):
+                log.warning("%s was an uploaded version (not durable): the repository's latest version serves "
+                            "instead; publish it again", model)
+            os.utime(lock.path)  # Triton skips the reload of a model whose files are older than its last load
+            self.load(model)
+        finally:
+            lock.release()
+        if not any(key[0] == model for key in live_stubs(self.server_pid, self.proc)):
+            log.error("%s has no live stub after the reload; retrying in %.0f s", model, self.backoff)
+            return False
+        log.warning("reloaded %s in %.1f s", model, time.monotonic() - started)
+        for key in dead:  # its new stubs are tracked from the next check
+            self._forget(key)
+        return True
+
+    def _forget(self, key: StubKey) -> None:
+        del self.seen[key], self.missing[key]

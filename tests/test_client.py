@@ -189,7 +189,7 @@ def test_index_leaves_out_videos_it_cannot_decode_and_names_them(triton_server, 
             client.encode_videos([synthetic_videos[0], (videos / "broken.mp4").read_bytes()])
 
         result = run_console(*index)
-        assert result.returncode == 0, result.stderr
+        assert result.returncode == 3, result.stderr
         assert "with 3 video(s); left out 2" in result.stdout
         assert {line.split(":")[0] for line in result.stderr.splitlines() if line.startswith("skipped ")} == {
             f"skipped {videos / 'broken.mp4'}", f"skipped {videos / 'empty.mp4'}"}
@@ -198,7 +198,7 @@ def test_index_leaves_out_videos_it_cannot_decode_and_names_them(triton_server, 
         for p in synthetic_videos[:3]:
             (videos / p.name).unlink()
         result = run_console(*index)
-        assert result.returncode == 1 and "none of the 2 videos could be read and decoded" in result.stderr
+        assert result.returncode == 1 and "none of the 2 videos could be read and encoded" in result.stderr
     finally:  # leave the session's gallery as the other tests expect it
         client.publish_gallery(synthetic_videos, repository=model_repository, progress=False)
 

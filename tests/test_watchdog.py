@@ -1,13 +1,17 @@
-"""The stub watchdog's decisions on a fake /proc: a dead stub of a READY version is reloaded, once, under the model's
-lock; stubs of versions swapped or unloaded on purpose are not."""
+"""The stub watchdog's decisions on a fake /proc: a dead stub of a READY version is reloaded under the model's lock
+(its lock file touched, so Triton does reload), and checked to be back; stubs of versions swapped or unloaded on
+purpose are not; a reload that does not bring the stub back is retried after the backoff, not in a loop."""
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
+import time
 from pathlib import Path
 
 from prost_client.gallery import DirectoryLock
-from prost_export.watchdog import StubWatchdog, live_stubs
+from prost_export.watchdog import Stub, StubWatchdog, live_stubs
 
 SERVER = 100
 
@@ -18,10 +22,10 @@ def add_process(proc: Path, pid: int, args: list[str], ppid: int = SERVER, state
     (proc / str(pid) / "cmdline").write_bytes("\0".join(args).encode() + b"\0")
 
 
-def add_stub(proc: Path, pid: int, model: str, version: int, **kwargs) -> None:
-    add_process(proc, pid, ["/x/backends/python/triton_python_backend_stub", f"/repo/{model}/{version}/model.py",
-                            "shm_region", "1048576", "1048576", str(SERVER), "/x/backends/python", "336",
-                            f"{model}_0_0", "DEFAULT"], **kwargs)
+def add_stub(proc: Path, pid: int, model: str, version: int, root: str = "/repo", **kwargs) -> None:
+    add_process(proc, pid, ["/x/backends/python/triton_python_backend_stub", f"{root}/{model}/{version}/model.py",
+                            "triton_python_backend_shm_region_1f2e", "1048576", "1048576", str(SERVER),
+                            "/x/backends/python", "336", f"{model}_0_0", "DEFAULT"], **kwargs)
 
 
 def test_live_stubs_are_the_servers_own_and_not_zombies(tmp_path):
@@ -29,26 +33,49 @@ def test_live_stubs_are_the_servers_own_and_not_zombies(tmp_path):
     add_stub(tmp_path, 102, "prost_text", 1, state="Z")
     add_stub(tmp_path, 103, "prost_text", 1, ppid=999)  # another server's
     add_process(tmp_path, 104, ["/usr/bin/python", "/repo/prost_text/1/model.py"])
-    assert live_stubs(SERVER, tmp_path) == {("prost_gallery", "3", "prost_gallery_0_0"): 101}
+    add_process(tmp_path, 105, ["/x/triton_python_backend_stub", "/tmp/folderXy/2/model.py", "shm", "1", "1",
+                                str(SERVER), "/x", "336", "prost_gallery_0_0", "DEFAULT"])  # an uploaded version
+    assert live_stubs(SERVER, tmp_path) == {
+        ("prost_gallery", "3", "prost_gallery_0_0"): Stub(101, Path("/repo/prost_gallery/3/model.py")),
+        ("prost_gallery", "2", "prost_gallery_0_0"): Stub(105, Path("/tmp/folderXy/2/model.py"))}
 
 
-def test_only_a_dead_stub_of_a_ready_version_is_reloaded(tmp_path):
+def test_only_a_dead_stub_of_a_ready_version_is_reloaded(tmp_path, caplog):
     proc, repo = tmp_path / "proc", tmp_path / "repo"
     proc.mkdir()
-    add_stub(proc, 101, "prost_gallery", 1)
-    add_stub(proc, 102, "prost_text", 1)
+    add_stub(proc, 101, "prost_gallery", 1, root=str(repo))
+    add_stub(proc, 102, "prost_text", 1, root=str(repo))
     ready = {("prost_gallery", "1"), ("prost_text", "1")}
     loads = []
-    watchdog = StubWatchdog(SERVER, repo, lambda: set(ready), loads.append, confirm=2, proc=proc)
 
-    add_stub(proc, 103, "prost_gallery", 2)  # a publisher swaps version 1 for version 2
+    def load(model: str) -> None:  # Triton's reload starts a new stub, unless told not to
+        loads.append(model)
+        if revive:
+            add_stub(proc, 200 + len(loads), model, 1, root=str(repo))
+
+    watchdog = StubWatchdog(SERVER, repo, lambda: set(ready), load, confirm=2, backoff=0.2, proc=proc)
+    add_stub(proc, 103, "prost_gallery", 2, root=str(repo))  # a publisher swaps version 1 for version 2
     shutil.rmtree(proc / "101")
     ready = {("prost_gallery", "2"), ("prost_text", "1")}
     shutil.rmtree(proc / "102")  # the text stub is killed; its version stays READY
+    revive = True
     assert watchdog.check() == [] and loads == []  # gone once: not yet confirmed
     with DirectoryLock(repo / "prost_text"):  # a publisher holds the model: its load restarts the stub
         assert watchdog.check() == [] and loads == []
+    os.utime(repo / "prost_text" / ".lock", (0, 0))
     assert watchdog.check() == ["prost_text"] and loads == ["prost_text"]
-    for _ in range(3):  # the reloaded stub is not up yet (or never comes back): no reload loop
+    assert (repo / "prost_text" / ".lock").stat().st_mtime > 0  # touched before the load: Triton does reload
+    for _ in range(3):
         assert watchdog.check() == []
-    assert loads == ["prost_text"]
+
+    shutil.rmtree(proc / "201")  # it dies again, and this time the reload does not bring it back
+    revive = False
+    assert watchdog.check() == [] and watchdog.check() == [] and loads == ["prost_text"]  # within the backoff
+    time.sleep(watchdog.backoff)
+    with caplog.at_level(logging.ERROR, logger="prost_export.watchdog"):
+        assert watchdog.check() == [] and loads == ["prost_text"] * 2
+    assert "prost_text has no live stub after the reload" in caplog.text
+    assert watchdog.check() == [] and loads == ["prost_text"] * 2  # not again before the backoff
+    time.sleep(watchdog.backoff)
+    revive = True
+    assert watchdog.check() == ["prost_text"] and loads == ["prost_text"] * 3
