@@ -268,7 +268,8 @@ class _Base:
         text = yield [self._infer(wire.encode_text_request(texts[p])) for p in wire.chunks(len(texts), texts_per_call)]
         columns = []
         for part in wire.chunks(len(videos), videos_per_call):  # one video chunk read and encoded at a time
-            video = yield self._infer(wire.encode_request([wire.read_bytes(v) for v in videos[part]]))
+            chunk = {i: wire.read_bytes(videos[i]) for i in range(part.start, part.stop)}
+            [(_, video)] = yield from self._encode_chunk(chunk, videos, None)  # or raises, naming the bad video
             scores = yield [self._infer(wire.similarity_request(t, video, beta)) for t in text]
             columns.append(np.concatenate([wire.output(s, P.SIMILARITY) for s in scores]))
         return np.concatenate(columns, axis=1)

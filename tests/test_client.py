@@ -185,8 +185,9 @@ def test_index_leaves_out_videos_it_cannot_decode_and_names_them(triton_server, 
         served = client.gallery_version()
         result = run_console(*index, "--strict")
         assert result.returncode == 1 and "broken.mp4: " in result.stderr and client.gallery_version() == served
-        with pytest.raises(errors.InvalidRequestError, match=r"videos\[1\] \(1200 bytes\): "):
-            client.encode_videos([synthetic_videos[0], (videos / "broken.mp4").read_bytes()])
+        for call in (client.encode_videos, lambda v: client.score("a cross", v)):
+            with pytest.raises(errors.InvalidRequestError, match=r"videos\[1\] \(1200 bytes\): "):
+                call([synthetic_videos[0], (videos / "broken.mp4").read_bytes()])
 
         result = run_console(*index)
         assert result.returncode == 3, result.stderr
