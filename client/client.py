@@ -208,6 +208,7 @@ class _Base:
         return tuple(np.concatenate([wire.output(r, n) for r in results]) for n in names)
 
     def _encode_every_video(self, videos: list[VideoSource], batch_size: int | None, progress: bool) -> Plan:
+        """encode_videos: the prototypes of every video, or an error naming the first one that fails."""
         objects, events, _ = yield from self._encode_videos(videos, batch_size, progress, None)
         return objects, events
 
