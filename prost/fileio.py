@@ -1,0 +1,47 @@
+"""Atomic file replacement: readers see the old file or the new one, never a half-written one."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file or a directory entry to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | Path, data: bytes | str | Callable[[BinaryIO], Any], *, durable: bool = False) -> None:
+    """Write `data` (bytes, text, or a function that writes to a binary file) to `path` through a temporary
+    sibling and a rename. With `durable`, the file and its directory are fsynced, so a crash keeps one of the two."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        tmp.replace(path)
+        if durable:
+            fsync_path(path.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, data: Any, *, sort_keys: bool = False) -> None:
+    """`write_atomic` of indented JSON with a trailing newline."""
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=sort_keys, ensure_ascii=False) + "\n")
