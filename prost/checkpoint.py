@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+TRAIN_CONFIG_FILE = "train_config.json"  # beside them in a run directory: the TrainConfig of `prost train`
 MODELSCOPE_CONFIG = "configuration.json"
 MODELSCOPE_WEIGHTS = "pytorch_model.bin"
 

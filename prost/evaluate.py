@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from prost.data.datasets import ClipDataset, ClipLoader
+from prost.checkpoint import TRAIN_CONFIG_FILE, load_model
+from prost.data.datasets import ClipDataset, ClipLoader, load_split
 from prost.errors import ConfigError, DataError
 from prost.loss import ranking_mode
 from prost.metrics import format_table, hungarian_r1, retrieval_metrics
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 
 MODES = ("full", "es", "op")
 SWEEP_BETAS = tuple(round(0.8 + 0.1 * i, 1) for i in range(10))  # 0.8 .. 1.7, as the official log
-TRAIN_CONFIG_FILE = "train_config.json"
 
 
 def _model_device(model: ProstModel) -> torch.device:
@@ -199,9 +199,6 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from prost.checkpoint import load_model
-    from prost.data.datasets import load_split
-
     model = load_model(args.checkpoint, device=args.device)
     items = load_split(args.data, args.split, layout=args.layout)
     mode = trained_mode(Path(args.checkpoint)) if args.mode == "auto" else args.mode

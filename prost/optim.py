@@ -4,7 +4,7 @@ schedule, per-tensor (or global) gradient clipping and the logit-scale clamp app
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -12,8 +12,18 @@ from torch import nn
 from prost.loss import MAX_LOGIT_SCALE
 from prost.model.prost import ProstModel
 
-if TYPE_CHECKING:
-    from prost.train import TrainConfig
+
+class OptimizerSettings(Protocol):
+    """What the optimizer reads from a config (`prost.train.TrainConfig` has these fields); optim imports no trainer."""
+
+    @property
+    def lr(self) -> float: ...
+    @property
+    def clip_lr_coef(self) -> float: ...
+    @property
+    def weight_decay(self) -> float: ...
+    @property
+    def warmup(self) -> float: ...
 
 
 def warmup_cosine(progress: float, warmup: float = 0.1) -> float:
@@ -55,7 +65,7 @@ def clamp_logit_scale(model: ProstModel) -> None:
         model.clip.logit_scale.clamp_(max=MAX_LOGIT_SCALE)  # official: an upper bound only
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig,
+def make_optimizer(model: nn.Module, config: OptimizerSettings,
                    total_steps: int) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over the official parameter groups and the warmup-cosine LambdaLR over `total_steps` steps."""
     optimizer = torch.optim.AdamW(parameter_groups(model, config.lr, config.clip_lr_coef, config.weight_decay),

@@ -100,10 +100,10 @@ def test_torchrun_trains_two_ranks_like_one_process(synth_train, tmp_path):
               "--epochs", "1", "--max-steps", "2", "--warmup", "0", "--grad-clip", "0", "--threads", "1", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-                "prost.cli"]
+                "prost_cli.main"]
     ddp = _run([*launcher, *common, "--out", str(tmp_path / "ddp")], env)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single = _run([sys.executable, "-m", "prost.cli", *common, "--out", str(tmp_path / "one")], env)
+    single = _run([sys.executable, "-m", "prost_cli.main", *common, "--out", str(tmp_path / "one")], env)
     assert single.returncode == 0, single.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in records].count("start") == 1  # one writer
@@ -126,7 +126,7 @@ def test_torchrun_resume_gives_the_same_weights_as_an_uninterrupted_run(synth_tr
               "--epochs", "2", "--threads", "1", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-                "prost.cli"]
+                "prost_cli.main"]
     for command in ([*common, "--out", str(tmp_path / "full")], [*common, "--out", str(tmp_path / "split"),
                     "--max-steps", "4"], ["train", "--resume", str(tmp_path / "split"), "--no-progress"]):
         result = _run([*launcher, *command], env)

@@ -13,8 +13,8 @@ from prost.data.synthetic import generate
 from prost.errors import ConfigError, TrainingError
 from prost.factory import create_model, preset_config
 from prost.loss import MAX_LOGIT_SCALE
-from prost.train import (METRICS_FILE, PLOT_FILE, STATE_FILE, Encoders, TrainConfig, contrastive_loss, load_state,
-                         load_training_clips, train)
+from prost.train import (METRICS_FILE, PLOT_FILE, STATE_FILE, Encoders, TrainConfig, contrastive_loss,
+                         load_training_clips, read_train_state, train)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_expand_captions_trains_on_every_caption(synth, tmp_path):
     per_video = load_training_clips(small_config(synth), workers=0)
     expanded = load_training_clips(small_config(synth, expand_captions=True), workers=0)
     assert len(per_video) == 12 and len(expanded) == 24
-    from prost.cli import main
+    from prost_cli.main import main
 
     result = main(["train", "--data", str(synth), "--set", "vision.layers=2", "--set", "head.num_frames=4",
                    "--out", str(tmp_path / "run"), "--expand-captions", "--layout", "jsonl", "--batch-size", "4",
@@ -80,10 +80,10 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synth, tmp_path):
     assert len(starts) == 1 and '"total_steps"' in starts[0]
     first = train(config, tmp_path / "split", max_steps=4, progress=False)
     shutil.copytree(tmp_path / "split", tmp_path / "old-format")
-    state = load_state(tmp_path / "old-format")  # as saved before per-rank RNG states and the loss scale
+    state = read_train_state(tmp_path / "old-format")  # as saved before per-rank RNG states and the loss scale
     torch.save({**{k: v for k, v in state.items() if k != "scaler"}, "rng": state["rng"][0]},
                tmp_path / "old-format" / STATE_FILE)
-    assert first["stopped"] == "max_steps" and load_state(tmp_path / "split")["step"] == 4
+    assert first["stopped"] == "max_steps" and read_train_state(tmp_path / "split")["step"] == 4
     second = train(config, tmp_path / "split", resume=True, progress=False)
     assert second["step"] == 6
     assert train(config, tmp_path / "old-format", resume=True, progress=False)["step"] == 6
@@ -97,7 +97,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synth, tmp_path):
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"resumed run differs in {different[:5]}"
     assert a["clip.logit_scale"].item() <= MAX_LOGIT_SCALE + 1e-6
-    state_a, state_b = load_state(tmp_path / "full"), load_state(tmp_path / "split")
+    state_a, state_b = read_train_state(tmp_path / "full"), read_train_state(tmp_path / "split")
     assert len(state_a["rng"]) == 1 and torch.equal(state_a["rng"][0]["torch"], state_b["rng"][0]["torch"])
     for run in ("full", "split"):
         records = [json.loads(line) for line in (tmp_path / run / METRICS_FILE).read_text().splitlines()]
@@ -106,7 +106,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synth, tmp_path):
 
 
 def test_cli_train_then_resume_rejects_changed_settings(synth, tmp_path):
-    from prost.cli import main
+    from prost_cli.main import main
 
     run = tmp_path / "cli"
     assert main(["train", "--data", str(synth), "--out", str(run), "--epochs", "1", "--batch-size", "6",
