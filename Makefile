@@ -16,7 +16,7 @@ test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: setup
-	$(PY) -m prost.demo --workdir demo
+	$(PY) -m prost_cli.demo --workdir demo
 
 clean:
 	rm -rf $(VENV) demo

@@ -16,7 +16,8 @@ import onnxruntime
 import torch
 
 import prost
-from prost_export.onnx import example_inputs, export_onnx
+from prost_export.graphs import example_inputs
+from prost_export.onnx import export_onnx
 from prost_export.parity import onnx_session, run_onnx
 from prost_export.specs import graph_specs
 from prost_export.tensorrt import EngineRunner, Profile, build_engines

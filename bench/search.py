@@ -28,8 +28,8 @@ from prost.evaluate import encode_captions
 from prost.model.similarity import l2_normalize
 from prost_client.client import ProstClient
 from prost_export.onnx import export_onnx
-from prost_export.repository import write_repository
-from prost_export.server import TritonServer, free_ports
+from prost_model_repository.writer import write_repository
+from prost_model_repository.server import TritonServer, free_ports
 
 TOP_K = 10
 

@@ -25,9 +25,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
-from prost_client import gallery, protocol as P, wire
+from prost_client import gallery_format as F, protocol as P, wire
 from prost_client.errors import ClientError, InvalidRequestError, NotFoundError, UnavailableError, from_triton
-from prost_client.wire import REPOSITORY_KEY_HEADER, SearchHit, VideoSource
+from prost_client.protocol import REPOSITORY_KEY_HEADER
+from prost_client.wire import SearchHit, VideoSource
 
 __all__ = ["AsyncProstClient", "ProstClient", "REPOSITORY_KEY_HEADER", "SearchHit"]
 
@@ -302,7 +303,7 @@ class _Base:
         wire.check_keep_versions(keep_versions)
         if video_encoder is None:
             video_encoder = yield from self._video_encoder()
-        files = gallery.gallery_files(video_ids, objects, events, video_encoder=video_encoder)
+        files = F.gallery_files(video_ids, objects, events, video_encoder=video_encoder)
         if repository is None:
             known = yield from self._gallery_states()
             config = yield self._call("get_model_config", P.GALLERY_MODEL, model_name=P.GALLERY_MODEL, as_json=True)
@@ -313,18 +314,21 @@ class _Base:
         model_dir = Path(repository) / P.GALLERY_MODEL
         if not model_dir.is_dir():
             raise ClientError(f"{model_dir} does not exist: pass the served repository (`prost repository build`)")
-        lock = gallery.DirectoryLock(model_dir, timeout=self._settle_seconds)
+        storage = _local_storage()
+        lock = storage.DirectoryLock(model_dir, timeout=self._settle_seconds)
         deadline = time.monotonic() + lock.timeout
         while not lock.try_acquire():  # polled, so an asyncio loop keeps running while another publisher loads
             if time.monotonic() > deadline:
-                raise lock.busy_error()
+                raise ClientError(str(lock.busy_error()))
             yield Sleep(POLL_SECONDS)
         try:
             known = yield from self._gallery_states()
-            version = gallery.stage_version(Path(repository), P.GALLERY_MODEL, files, max(known, default=0) + 1)
+            with _storage_errors(storage):
+                version = storage.stage_version(Path(repository), P.GALLERY_MODEL, files, max(known, default=0) + 1)
             yield from self._load(version, Path(repository))
             if keep_versions is not None:
-                gallery.prune_versions(Path(repository), P.GALLERY_MODEL, keep_versions)
+                with _storage_errors(storage):
+                    storage.prune_versions(Path(repository), P.GALLERY_MODEL, keep_versions)
             return version
         finally:
             lock.release()
@@ -337,7 +341,7 @@ class _Base:
                              headers=wire.key_headers(self.repository_key), **upload)
         except ClientError as exc:
             if not wire.load_may_still_finish(exc):
-                gallery.unstage_version(repository, P.GALLERY_MODEL, version)
+                _unstage(repository, version)
                 raise
             outcome, reason = yield from self._settle(version)
             if outcome is None:
@@ -345,7 +349,7 @@ class _Base:
                 raise type(exc)(f"{exc}; version {version} may still be loading ({reason}){kept}; it serves once "
                                 f"loaded (see gallery_version())", exc.status) from None
             if outcome == "failed":
-                gallery.unstage_version(repository, P.GALLERY_MODEL, version)
+                _unstage(repository, version)
                 raise ClientError(f"{context}: {reason}") from None
         ready = yield self._call("is_model_ready", P.GALLERY_MODEL, model_name=P.GALLERY_MODEL,
                                  model_version=str(version))
@@ -380,6 +384,34 @@ class _Base:
         except NotFoundError:
             return None
         return max((int(v) for v in meta.get("versions", [])), default=None)
+
+
+def _local_storage():
+    """The server's gallery storage (versions, locks, manifest), for publishing into a local served repository: a
+    publisher on the server's machine must follow the server's lock protocol, so it uses the server's own code."""
+    try:
+        from prost_model_repository import storage
+    except ImportError as exc:
+        raise ClientError(f"publishing into a local repository needs the server package (prost-serve) installed "
+                          f"({exc}); without `repository` the gallery is uploaded through Triton instead") from None
+    return storage
+
+
+@contextlib.contextmanager
+def _storage_errors(storage):
+    """Storage failures (a version that cannot be written, a damaged manifest) as ClientError."""
+    try:
+        yield
+    except storage.RepositoryError as exc:
+        raise ClientError(str(exc)) from exc
+
+
+def _unstage(repository: Path | None, version: int) -> None:
+    """Remove a local version that definitely failed to load, so the repository matches what is served."""
+    if repository is not None:
+        storage = _local_storage()
+        with _storage_errors(storage):
+            storage.unstage_version(repository, P.GALLERY_MODEL, version)
 
 
 class ProstClient(_Base):

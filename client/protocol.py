@@ -1,4 +1,7 @@
-"""Public model and tensor names of the ProST Triton deployment; every other module imports them from here."""
+"""The wire contract of the ProST Triton deployment: model, tensor and config-parameter names and gRPC headers.
+
+Dependency-free: the client and every server-side module import these names from here and nowhere else.
+"""
 
 # Composing models.
 TOKENIZER_MODEL = "prost_tokenizer"
@@ -36,6 +39,15 @@ MATCHED_FRAMES = "MATCHED_FRAMES"  # int32 [K, Np]: best frame of each phrase pr
 
 DEFAULT_TOP_K = 10
 
-# prost_video and prost_gallery config parameter, and the stamp in every gallery file: the sha256 of the video
-# encoder's ONNX graph. A gallery loads only under the encoder that produced it.
+# Config parameters that clients read (string values in config.pbtxt `parameters`).
+# The exported beta, as a Python float literal, on every model that combines S_es and S_op: prost_similarity (cpu
+# variant: the default of its optional BETA input), prost_gallery, and prost_score (the value clients send).
+BETA_PARAM = "BETA"
+# prost_video and prost_gallery, and the stamp in every gallery file: the sha256 of the video encoder's ONNX graph.
+# A gallery loads only under the encoder that produced it.
 VIDEO_ENCODER_PARAM = "VIDEO_ENCODER_SHA256"
+
+# Header of the restricted model-repository protocol; the server runs with
+# --grpc-restricted-protocol=model-repository:<REPOSITORY_KEY_HEADER>=<key> (Triton prefixes gRPC headers).
+REPOSITORY_KEY_HEADER = "prost-repository-key"
+GRPC_RESTRICTED_PREFIX = "triton-grpc-protocol-"

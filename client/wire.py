@@ -11,15 +11,11 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from prost_client import gallery, protocol as P
+from prost_client import gallery_format as F, protocol as P
 from prost_client.errors import ClientError, DeadlineError, ServerError, UnavailableError
 
 VideoSource = str | Path | bytes
 
-# Header of the restricted model-repository protocol; the server runs with
-# --grpc-restricted-protocol=model-repository:<REPOSITORY_KEY_HEADER>=<key> (Triton prefixes gRPC headers).
-REPOSITORY_KEY_HEADER = "prost-repository-key"
-GRPC_RESTRICTED_PREFIX = "triton-grpc-protocol-"
 INT32_MAX = 2**31 - 1
 
 # Methods retried on UNAVAILABLE: reads and inference (idempotent); never repository load/unload (a load that
@@ -72,7 +68,7 @@ def channel_args(retries: int) -> list[tuple[str, object]]:
 
 
 def key_headers(repository_key: str | None) -> dict[str, str] | None:
-    return {GRPC_RESTRICTED_PREFIX + REPOSITORY_KEY_HEADER: repository_key} if repository_key else None
+    return {P.GRPC_RESTRICTED_PREFIX + P.REPOSITORY_KEY_HEADER: repository_key} if repository_key else None
 
 
 def as_texts(texts: str | Sequence[str]) -> list[str]:
@@ -186,11 +182,11 @@ def config_parameter(config: dict, key: str, model: str) -> str:
 
 def exported_beta(score_config: dict) -> float:
     """The exported beta, from prost_score's `parameters` (or pass beta to score())."""
-    raw = config_parameter(score_config, "BETA", P.SCORE_MODEL)
+    raw = config_parameter(score_config, P.BETA_PARAM, P.SCORE_MODEL)
     try:
         return float(raw)
     except ValueError:
-        raise ClientError(f"{P.SCORE_MODEL} has a BETA parameter that is not a number: {raw!r}") from None
+        raise ClientError(f"{P.SCORE_MODEL} has a {P.BETA_PARAM} parameter that is not a number: {raw!r}") from None
 
 
 def video_ids_for(videos: Sequence[VideoSource], video_ids: Sequence[str] | None) -> list[str]:
@@ -211,8 +207,8 @@ def upload_files(version: int, files: dict[str, bytes], similarity_onnx: Path | 
                           "pass similarity_onnx (CLI: --similarity-onnx; prost_gallery/<N>/similarity.onnx of the "
                           "built repository), or "
                           "repository (CLI: --repository, the served repository on this machine)")
-    files = {**files, gallery.MODEL_FILE: gallery.MODEL_SOURCE.encode(),
-             gallery.SIMILARITY_FILE: read_bytes(similarity_onnx)}
+    files = {**files, F.MODEL_FILE: F.MODEL_SOURCE.encode(),
+             F.SIMILARITY_FILE: read_bytes(similarity_onnx)}
     return {f"file:{version}/{name}": data for name, data in files.items()}
 
 

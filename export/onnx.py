@@ -7,9 +7,7 @@ Exporter mode is pinned to the TorchScript-based `torch.onnx.export(..., dynamo=
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import platform
 import warnings
 from pathlib import Path
 
@@ -21,65 +19,15 @@ from torch import nn
 from prost.checkpoint import load_model
 from prost.errors import ExportError
 from prost.model.prost import ProstModel
-from prost.model.similarity import combine, event_sentence, object_phrase
-from prost_client.gallery import sha256_file
-from prost_export.specs import VIDEOS, GraphSpec, graph_specs
+from prost_export.graphs import EncoderGraph, SimilarityGraph, example_inputs
+from prost_export.manifest import MANIFEST, OPSET, write_manifest
+from prost_export.parity import check_dataset_parity, check_random_parity
+from prost_export.specs import GraphSpec, graph_specs
 from prost_export.trt_ops import TENSORRT_ONNX_OPS
 
 log = logging.getLogger(__name__)
 
-OPSET = 17
-EXPORTER = "torch.onnx.export(dynamo=False)"
-MANIFEST = "manifest.json"
 EXTERNAL_DATA_BYTES = 2_000_000_000  # protobuf's 2 GB limit, with margin
-
-
-class EncoderGraph(nn.Module):
-    """One tower as a graph: "video" (FRAMES -> objects, events) or "text" (TOKEN_IDS -> phrases, sentence)."""
-
-    def __init__(self, model: ProstModel, tower: str) -> None:
-        super().__init__()
-        self.model = model
-        self.tower = tower
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        encode = self.model.encode_video if self.tower == "video" else self.model.encode_text
-        return tuple(encode(x))
-
-
-class SimilarityGraph(nn.Module):
-    """The weight-free similarity: prototypes of T texts and V videos, BETA -> SIMILARITY, S_ES, S_OP [T, V]."""
-
-    def forward(self, phrases, sentence, objects, events, beta) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return tuple(combine(event_sentence(sentence, events), object_phrase(phrases, objects), beta))
-
-
-def example_inputs(spec: GraphSpec, batch: int = 2, seed: int = 0, videos: int | None = None) -> dict[str, np.ndarray]:
-    """Random inputs of a graph's spec with every dynamic dimension set to `batch`, except the similarity graph's
-    video count, set to `videos` when given (tracing and gating with unequal counts keeps them apart)."""
-    rng = np.random.default_rng(seed)
-    sizes = {VIDEOS: batch if videos is None else videos}
-    out = {}
-    for t in spec.inputs:
-        shape = tuple(sizes.get(d, batch) if isinstance(d, str) else d for d in t.shape)
-        if t.dtype == "int32":
-            out[t.name] = random_token_ids(rng, shape)
-        else:
-            x = rng.standard_normal(shape).astype(np.float32)
-            out[t.name] = x / np.linalg.norm(x, axis=-1, keepdims=True) if t.normalised else x
-    return out
-
-
-def random_token_ids(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    """Well-formed ids: SOT, random BPE tokens, EOT, zero padding, with varied lengths."""
-    batch, width = shape
-    ids = np.zeros(shape, dtype=np.int32)
-    for row in range(batch):
-        n = int(rng.integers(1, width - 1))
-        ids[row, 0] = 49406
-        ids[row, 1 : n + 1] = rng.integers(1, 49405, n)
-        ids[row, n + 1] = 49407
-    return ids
 
 
 def export_graph(module: nn.Module, spec: GraphSpec, path: Path, opset: int = OPSET,
@@ -168,54 +116,11 @@ def export_onnx(model: ProstModel, out_dir: str | Path, *, checkpoint: str | Pat
         export_graph(modules[name], spec, out / spec.onnx_file)
     check_frame_mask(out / specs["video_prototypes"].onnx_file, model)
     if parity:
-        from prost_export.parity import check_random_parity
-
         for batch in parity_batches:  # sizes other than the traced ones (2 texts, 3 videos) prove the dynamic axes
             report = check_random_parity(model, out, batch=batch)
             log.info("parity gate passed at batch %d: %s", batch, report.summary())
     write_manifest(model, out, specs, checkpoint)
     return out
-
-
-def write_manifest(model: ProstModel, out: Path, specs: dict[str, GraphSpec], checkpoint: str | Path | None) -> None:
-    import onnxruntime
-
-    files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(out.iterdir())
-             if p.name != MANIFEST and p.is_file() and not p.name.endswith(".plan")}
-    manifest = {
-        "format": "prost-serve-export/1",
-        "config": model.config.to_dict(),
-        "checkpoint": {"path": str(checkpoint), "sha256": checkpoint_sha256(Path(checkpoint))} if checkpoint else None,
-        "opset": OPSET,
-        "exporter": EXPORTER,
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                     "python": platform.python_version()},
-        "graphs": {name: {"file": s.onnx_file,
-                          "inputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in s.inputs],
-                          "outputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in s.outputs]}
-                   for name, s in specs.items()},
-        "files": files,
-    }
-    write_json_atomic(out / MANIFEST, manifest)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def read_manifest(export_dir: str | Path) -> dict:
-    path = Path(export_dir) / MANIFEST
-    if not path.is_file():
-        raise ExportError(f"{export_dir} is not an export directory (no {MANIFEST}); run `prost export` first")
-    return json.loads(path.read_text())
-
-
-def checkpoint_sha256(path: Path) -> str:
-    """sha256 of a checkpoint file, or of our directory's weights file."""
-    return sha256_file(path / "model.safetensors" if path.is_dir() and (path / "model.safetensors").exists() else path)
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
@@ -233,8 +138,6 @@ def _export_cmd(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint)
     out = export_onnx(model, args.out, checkpoint=args.checkpoint, parity=not args.no_parity)
     if args.data and not args.no_parity:
-        from prost_export.parity import check_dataset_parity
-
         report = check_dataset_parity(model, out, Path(args.data), args.split, args.max_videos)
         print(f"ranking gate passed: {report.summary()}")
     print(f"wrote {out}")

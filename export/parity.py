@@ -11,8 +11,13 @@ import numpy as np
 import torch
 
 from prost.config import ProstConfig
+from prost.data.datasets import load_split
+from prost.data.video import decode_video
 from prost.errors import DependencyError, ParityError
+from prost.metrics import RECALL_KS, text_to_video
 from prost.model.prost import ProstModel
+from prost.tokenizer import tokenize
+from prost_export.graphs import EncoderGraph, SimilarityGraph, example_inputs
 from prost_export.specs import graph_specs
 
 log = logging.getLogger(__name__)
@@ -95,8 +100,6 @@ def onnx_session(path: Path, providers: list[str] | None = None):
 
 def run_torch(model: ProstModel, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The PyTorch reference for one graph on numpy inputs, keyed by the graph's output names."""
-    from prost_export.onnx import EncoderGraph, SimilarityGraph
-
     spec = graph_specs(model.config)[graph]
     module = {"video_prototypes": lambda: EncoderGraph(model, "video"),
               "text_prototypes": lambda: EncoderGraph(model, "text"), "similarity": SimilarityGraph}[graph]().eval()
@@ -112,8 +115,6 @@ def run_onnx(session, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def check_random_parity(model: ProstModel, export_dir: Path, batch: int = 2, seed: int = 1234) -> ParityReport:
     """Each graph on fresh random inputs (a seed the export did not trace with), ORT vs PyTorch."""
-    from prost_export.onnx import example_inputs
-
     report = ParityReport()
     for name, spec in graph_specs(model.config).items():
         inputs = example_inputs(spec, batch=batch, seed=seed, videos=batch + 1)
@@ -140,10 +141,6 @@ def dataset_inputs(config: ProstConfig, data_dir: Path, split: str = "test",
                    max_videos: int = 200) -> tuple[np.ndarray, np.ndarray]:
     """Decoded frames [V, L, 3, S, S] of a split's first `max_videos` videos and token ids [V, W] of their first
     captions, as training decodes and tokenizes them."""
-    from prost.data.datasets import load_split
-    from prost.data.video import decode_video
-    from prost.tokenizer import tokenize
-
     items = load_split(data_dir, split)[:max_videos]
     frames = np.stack([decode_video(i.path, config.head.num_frames, config.vision.image_size, i.start, i.end,
                                     sample_fps=config.sample_fps).frames for i in items])
@@ -192,8 +189,6 @@ def check_backend_retrieval(export_dir: Path, config: ProstConfig, data_dir: Pat
                             tolerance_points: float, batch: int, split: str = "test", max_videos: int = 500) -> dict:
     """A backend, fed at most `batch` items a call, against ONNX Runtime on a dataset: identical top-10 rankings when
     `tolerance_points` is 0, else text-to-video R@1/5/10 within that many points. Returns both metric sets."""
-    from prost.metrics import RECALL_KS, text_to_video
-
     frames, ids = dataset_inputs(config, data_dir, split, max_videos)
     _, ref = dataset_scores(config, onnx_backend(export_dir, config), frames, ids)
     _, got = dataset_scores(config, backend, frames, ids, batch)

@@ -18,9 +18,10 @@ import torch
 
 from prost.config import ProstConfig
 from prost.errors import DependencyError, ExportError
-from prost_client.gallery import sha256_file
-from prost_export.onnx import MANIFEST, example_inputs, read_manifest, write_json_atomic
-from prost_export.parity import ParityReport, compare, onnx_session, run_onnx
+from prost.fileio import sha256_file, write_json_atomic
+from prost_export.graphs import example_inputs
+from prost_export.manifest import MANIFEST, read_manifest
+from prost_export.parity import ParityReport, check_backend_retrieval, compare, onnx_session, run_onnx
 from prost_export.specs import GraphSpec, arch_tag, graph_specs
 
 log = logging.getLogger(__name__)
@@ -257,8 +258,6 @@ def check_engine_parity(export_dir: Path, config: ProstConfig, engines: dict, pr
 def check_engine_retrieval(export_dir: Path, config: ProstConfig, engines: dict, precision: str, data: Path) -> dict:
     """Retrieval parity on a dataset's test split: engine R@1/5/10 within FP16_RECALL_POINTS of ONNX Runtime (fp16),
     identical top-10 rankings (fp32)."""
-    from prost_export.parity import check_backend_retrieval
-
     runners = {name: EngineRunner(export_dir / meta["file"], meta) for name, meta in engines.items()}
     tolerance = 0.0 if precision == "fp32" else FP16_RECALL_POINTS
     batch = min(meta["profile"]["max"] for meta in engines.values())

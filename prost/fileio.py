@@ -1,8 +1,9 @@
-"""Atomic file replacement: readers see the old file or the new one, never a half-written one."""
+"""File writes that readers never see half done, and content hashes."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -45,3 +46,12 @@ def write_atomic(path: str | Path, data: bytes | str | Callable[[BinaryIO], Any]
 def write_json_atomic(path: str | Path, data: Any, *, sort_keys: bool = False) -> None:
     """`write_atomic` of indented JSON with a trailing newline."""
     write_atomic(path, json.dumps(data, indent=2, sort_keys=sort_keys, ensure_ascii=False) + "\n")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's content, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

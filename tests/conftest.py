@@ -44,7 +44,7 @@ def synthetic_videos(synthetic_dataset) -> list[Path]:
 @pytest.fixture(scope="session")
 def model_repository(onnx_dir, tmp_path_factory) -> Path:
     """The cpu-variant Triton repository of the tiny export, written as `prost repository build` writes it."""
-    from prost_export.repository import write_repository
+    from prost_model_repository.writer import write_repository
 
     return write_repository(onnx_dir, tmp_path_factory.mktemp("repository") / "models", "cpu")
 
@@ -53,7 +53,7 @@ def model_repository(onnx_dir, tmp_path_factory) -> Path:
 def triton_server(model_repository, tmp_path_factory, request):
     """One real tritonserver per session on free ports; fails (never skips) when it cannot start."""
     from prost.errors import RepositoryError
-    from prost_export.server import TritonServer, free_ports
+    from prost_model_repository.server import TritonServer, free_ports
 
     grpc_port, http_port, metrics_port = free_ports(3)
     server = TritonServer(model_repository, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port,

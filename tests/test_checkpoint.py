@@ -10,7 +10,7 @@ import torch
 
 import prost
 from prost.checkpoint import load_clip_weights, load_model, save_model
-from prost.cli import main as prost_main
+from prost_cli.main import main as prost_main
 from prost.errors import CheckpointError
 from tests.official_layout import SIZES, modelscope_state_dict, official_state_dict
 

@@ -13,9 +13,9 @@ import pytest
 from tritonclient import grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from prost_client import errors, gallery as G, protocol as P, wire
+from prost_client import errors, gallery_format as G, protocol as P, wire
 from prost_client.client import AsyncProstClient, ProstClient
-from prost_export.server import free_port
+from prost_model_repository.server import free_port
 
 CONSOLE = Path(sys.executable).parent / "prost-client"
 
@@ -93,7 +93,7 @@ def test_gallery_files_are_safetensors_stamped_with_their_video_encoder(tmp_path
     with pytest.raises(ValueError, match="unique"):
         G.gallery_files(["a", "a"], objects, events, video_encoder="ab12")
     (tmp_path / "ids.json").write_bytes(files[G.IDS_FILE])
-    with pytest.raises(errors.ClientError, match="not a safetensors file"):
+    with pytest.raises(ValueError, match="not a safetensors file"):
         G.safetensors_metadata(tmp_path / "ids.json")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from prost_client.wire import REPOSITORY_KEY_HEADER
+from prost_client.protocol import REPOSITORY_KEY_HEADER
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = ROOT / "docker" / "triton-entrypoint.sh"

@@ -70,7 +70,7 @@ def test_modes_and_hungarian(synth, model):
 
 
 def test_prost_eval_cli_writes_json(synth, model, tmp_path):
-    from prost.cli import main
+    from prost_cli.main import main
 
     checkpoint = save_model(model, tmp_path / "ckpt")
     out = tmp_path / "results.json"

@@ -11,10 +11,10 @@ from onnx import TensorProto, helper
 
 import prost
 from prost.errors import ExportError, ParityError
+from prost.fileio import sha256_file as sha256
 from prost_client import protocol as p
-from prost_client.gallery import sha256_file as sha256
-from prost_export.graph_rewrite import with_float16_inputs
-from prost_export.onnx import EncoderGraph, check_graph, example_inputs, export_graph, export_onnx
+from prost_export.graphs import EncoderGraph, example_inputs
+from prost_export.onnx import check_graph, export_graph, export_onnx
 from prost_export.parity import check_random_parity, compare, onnx_session, run_onnx, run_torch
 from prost_export.specs import GraphSpec, TensorSpec, graph_specs
 
@@ -77,33 +77,6 @@ def test_similarity_graph_takes_beta_as_input(tiny_export):
     for beta in (0.0, 1.5):
         got = run_onnx(session, {**inputs, p.BETA: np.array([beta], np.float32)})
         np.testing.assert_allclose(got[p.SIMILARITY], got[p.S_ES] + beta * got[p.S_OP], atol=1e-6)
-
-
-def test_float16_inputs_give_the_graph_bit_identical_scores(tiny_export, tmp_path):
-    """The gallery's copy of the similarity graph takes its fp16 prototypes as stored; fp16 to fp32 is exact, so
-    the scores equal the export's graph on the same values in fp32."""
-    model, out = tiny_export
-    spec = graph_specs(model.config)["similarity"]
-    bank = (p.OBJECT_PROTOTYPES, p.EVENT_PROTOTYPES)
-    session = onnx_session(out / spec.onnx_file)
-    (tmp_path / "half.onnx").write_bytes(with_float16_inputs(out / spec.onnx_file, bank))
-    half = onnx_session(tmp_path / "half.onnx")
-    assert {i.name: i.type for i in half.get_inputs() if i.name in bank} == dict.fromkeys(bank, "tensor(float16)")
-    inputs = {**example_inputs(spec, batch=3, seed=5, videos=4), p.BETA: np.array([1.0], np.float32)}
-    stored = {k: v.astype(np.float16) if k in bank else v for k, v in inputs.items()}
-    want = run_onnx(session, {k: v.astype(np.float32) for k, v in stored.items()})
-    got = run_onnx(half, stored)
-    assert all(np.array_equal(got[k], want[k]) for k in want)
-    with pytest.raises(ExportError, match="no float32 input TOKEN_IDS"):
-        with_float16_inputs(out / spec.onnx_file, (p.TOKEN_IDS,))
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    for outputs in (["x_float32"], ["y", "x"]):  # the cast's name is taken; the input is also an output
-        nodes = [helper.make_node("Relu", ["x"], [outputs[0]])]
-        graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1])
-                                                     for n in outputs])
-        onnx.save(helper.make_model(graph), tmp_path / "clash.onnx")
-        with pytest.raises(ExportError, match="cannot cast x in place"):
-            with_float16_inputs(tmp_path / "clash.onnx", ("x",))
 
 
 def test_parity_gate_reports_the_worst_tensor(tiny_export):
@@ -169,7 +142,7 @@ def test_caption_phrase_tokens_export_within_the_gate(tmp_path):
 
 
 def test_export_cli_from_a_checkpoint(tmp_path):
-    from prost.cli import main
+    from prost_cli.main import main
 
     model = prost.create_model("tiny", seed=1)
     prost.save_model(model, tmp_path / "ckpt")

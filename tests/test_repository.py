@@ -10,15 +10,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 from google.protobuf import text_format
+from onnx import TensorProto, helper
 from tritonclient.grpc import model_config_pb2 as mc
 
 import prost
 from prost.errors import RepositoryError
-from prost_client import gallery as G, protocol as P
+from prost.fileio import sha256_file
+from prost_client import gallery_format as G, protocol as P
+from prost_export.graphs import example_inputs
 from prost_export.onnx import export_onnx
-from prost_export.repository import VARIANTS, register_cli, write_repository
+from prost_export.parity import onnx_session, run_onnx
+from prost_export.specs import graph_specs
+from prost_model_repository import storage
+from prost_model_repository.graph_rewrite import with_float16_inputs
+from prost_model_repository.writer import VARIANTS, register_cli, write_repository
 
 ALL_MODELS = {P.TOKENIZER_MODEL, P.TEXT_MODEL, P.VIDEO_MODEL, P.SIMILARITY_MODEL, P.VIDEO_DECODE_MODEL,
               P.GALLERY_MODEL, P.TEXT_SEARCH_MODEL, P.ENCODE_TEXT_MODEL, P.ENCODE_VIDEO_MODEL, P.SCORE_MODEL}
@@ -41,7 +50,7 @@ def add_engines(export: Path, cc: str, *, max_batch: int = 32, opt: int = 8, min
         manifest.setdefault("engines", {})[plan.name] = {
             "graph": graph, "file": plan.name, "onnx_sha256": manifest["files"][f"{graph}.onnx"]["sha256"],
             "compute_capability": cc, "tensorrt": tensorrt, "gpu": f"GPU sm{cc}", "precision": "fp16",
-            "profile": {"min": min_batch, "opt": opt, "max": max_batch}, "sha256": G.sha256_file(plan)}
+            "profile": {"min": min_batch, "opt": opt, "max": max_batch}, "sha256": sha256_file(plan)}
     (export / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
@@ -195,8 +204,6 @@ def video_encoder(export_dir: Path) -> str:
 
 
 def test_gallery_survives_rebuilds_until_the_video_encoder_changes(onnx_dir, tmp_path):
-    import numpy as np
-
     repo = write_repository(onnx_dir, tmp_path / "repo")
     for name in (P.VIDEO_MODEL, P.GALLERY_MODEL):  # what clients stamp with, and what the gallery loads
         assert f'key: "{P.VIDEO_ENCODER_PARAM}"\n  value {{\n    string_value: "{video_encoder(onnx_dir)}"' in (
@@ -206,7 +213,7 @@ def test_gallery_survives_rebuilds_until_the_video_encoder_changes(onnx_dir, tmp
     files = G.gallery_files(["a", "b"], np.ones((2, h.num_frames, h.num_objects, d)), np.ones((2, h.num_events, d)),
                             video_encoder=video_encoder(onnx_dir))
     files.update({n: (repo / P.GALLERY_MODEL / "1" / n).read_bytes() for n in (G.MODEL_FILE, G.SIMILARITY_FILE)})
-    assert G.write_version(repo / P.GALLERY_MODEL, files) == 2
+    assert storage.write_version(repo / P.GALLERY_MODEL, files) == 2
 
     write_repository(onnx_dir, repo, max_batch_size=8)  # new config: version 3 keeps the published gallery
     assert G.versions(repo / P.GALLERY_MODEL) == [1, 2, 3]
@@ -215,11 +222,11 @@ def test_gallery_survives_rebuilds_until_the_video_encoder_changes(onnx_dir, tmp
 
     stale = {**files, **G.gallery_files(["c"], np.ones((1, h.num_frames, h.num_objects, d)),
                                         np.ones((1, h.num_events, d)), video_encoder="0" * 64)}
-    assert G.write_version(repo / P.GALLERY_MODEL, stale) == 4  # published by a client of another export
+    assert storage.write_version(repo / P.GALLERY_MODEL, stale) == 4  # published by a client of another export
     write_repository(onnx_dir, repo, max_batch_size=4)  # same encoder in the config, another one in the gallery
     assert json.loads((repo / P.GALLERY_MODEL / "5" / G.IDS_FILE).read_text())["video_ids"] == []
 
-    assert G.write_version(repo / P.GALLERY_MODEL, files) == 6
+    assert storage.write_version(repo / P.GALLERY_MODEL, files) == 6
     other = export_onnx(prost.create_model("tiny", seed=1), tmp_path / "other", parity=False)
     write_repository(other, repo, max_batch_size=8)  # new video encoder: the old prototypes are stale
     assert G.versions(repo / P.GALLERY_MODEL) == [1, 2, 3, 4, 5, 6, 7]
@@ -230,8 +237,6 @@ def test_gallery_survives_rebuilds_until_the_video_encoder_changes(onnx_dir, tmp
 def test_a_gallery_from_before_encoder_stamps_is_stamped_by_a_rebuild_of_its_export(onnx_dir, tmp_path, same_export):
     """Upgrading: a gallery without a stamp is carried over, stamped, when the config it was served under names the
     export's video encoder; under another export it is dropped like any stale gallery."""
-    import numpy as np
-
     repo = write_repository(onnx_dir, tmp_path / "repo")
     cfg = prost.ProstConfig.from_dict(json.loads((onnx_dir / "manifest.json").read_text())["config"])
     h, d = cfg.head, cfg.embed_dim
@@ -240,7 +245,7 @@ def test_a_gallery_from_before_encoder_stamps_is_stamped_by_a_rebuild_of_its_exp
     legacy = {G.TENSORS_FILE: G.safetensors_bytes({"objects": objects, "events": events}, {"format": "prost-gallery"}),
               G.IDS_FILE: json.dumps({"video_ids": ["a", "b"]}).encode()}
     legacy.update({n: (repo / P.GALLERY_MODEL / "1" / n).read_bytes() for n in (G.MODEL_FILE, G.SIMILARITY_FILE)})
-    assert G.write_version(repo / P.GALLERY_MODEL, legacy) == 2
+    assert storage.write_version(repo / P.GALLERY_MODEL, legacy) == 2
     export = onnx_dir if same_export else export_onnx(prost.create_model("tiny", seed=1), tmp_path / "o", parity=False)
     write_repository(export, repo, max_batch_size=8)
     rebuilt = repo / P.GALLERY_MODEL / "3"
@@ -262,37 +267,35 @@ def test_manifest_lists_every_file_with_its_checksum(onnx_dir, tmp_path):
     for name, entry in manifest["models"].items():
         assert entry["versions"] == G.versions(repo / name) and entry["latest"] == entry["versions"][-1]
         for rel, digest in entry["files"].items():
-            assert G.sha256_file(repo / name / rel) == digest, rel
+            assert sha256_file(repo / name / rel) == digest, rel
             listed.add(f"{name}/{rel}")
-    on_disk = {p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file() and p.name != G.LOCK_FILE}
+    on_disk = {p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file() and p.name != storage.LOCK_FILE}
     assert on_disk - {"manifest.json"} == listed
     export = json.loads((onnx_dir / "manifest.json").read_text())
     assert manifest["export"]["files"]["text_prototypes.onnx"] == export["files"]["text_prototypes.onnx"]["sha256"]
-    assert G.sha256_file(repo / P.TEXT_MODEL / "1" / "model.onnx") == manifest["export"]["files"][
+    assert sha256_file(repo / P.TEXT_MODEL / "1" / "model.onnx") == manifest["export"]["files"][
         "text_prototypes.onnx"]
 
 
 def test_a_damaged_manifest_stops_a_publisher_and_a_rebuild_rewrites_it(onnx_dir, tmp_path):
     """A publisher never writes over a manifest it cannot read (the other entries would be lost); a rebuild lists
     every model afresh, including one whose entry was damaged, and keeps stale entries out."""
-    from prost_client.errors import ClientError
-
     repo = write_repository(onnx_dir, tmp_path / "repo")
-    (repo / G.MANIFEST_FILE).write_text('{"models": {"prost_text": ')
-    with pytest.raises(ClientError, match="cannot read .*manifest.json.*prost repository build"):
-        G.stage_version(repo, P.GALLERY_MODEL, {}, minimum=1)
+    (repo / storage.MANIFEST_FILE).write_text('{"models": {"prost_text": ')
+    with pytest.raises(RepositoryError, match="cannot read .*manifest.json.*prost repository build"):
+        storage.stage_version(repo, P.GALLERY_MODEL, {}, minimum=1)
     assert G.versions(repo / P.GALLERY_MODEL) == [1]
     write_repository(onnx_dir, repo)
-    rewritten = json.loads((repo / G.MANIFEST_FILE).read_text())
-    assert rewritten["models"] == {name: G.describe_model_dir(repo / name) for name in ALL_MODELS}
+    rewritten = json.loads((repo / storage.MANIFEST_FILE).read_text())
+    assert rewritten["models"] == {name: storage.describe_model_dir(repo / name) for name in ALL_MODELS}
     rewritten["models"]["retired_model"] = rewritten["models"].pop(P.TEXT_MODEL)
-    G.write_manifest(repo, rewritten)
+    storage.write_manifest(repo, rewritten)
     write_repository(onnx_dir, repo)
-    assert set(json.loads((repo / G.MANIFEST_FILE).read_text())["models"]) == ALL_MODELS
+    assert set(json.loads((repo / storage.MANIFEST_FILE).read_text())["models"]) == ALL_MODELS
 
-    (repo / f".{G.MANIFEST_FILE}.{os.getpid()}").mkdir()  # the manifest cannot be replaced now
-    with pytest.raises(ClientError, match="cannot write .*manifest.json"):
-        G.stage_version(repo, P.GALLERY_MODEL, {}, minimum=1)
+    (repo / f".{storage.MANIFEST_FILE}.{os.getpid()}.tmp").mkdir()  # the manifest cannot be replaced now
+    with pytest.raises(RepositoryError, match="cannot write .*manifest.json"):
+        storage.stage_version(repo, P.GALLERY_MODEL, {}, minimum=1)
     assert G.versions(repo / P.GALLERY_MODEL) == [1]  # no version left that the manifest does not list
 
 
@@ -304,7 +307,7 @@ def test_gallery_model_py_is_what_the_client_uploads():
 
 
 def run_cli(argv: list[str]) -> int:
-    """`prost repository ...` through the subcommands this module registers (as prost.cli wires them)."""
+    """`prost repository ...` through the subcommands this module registers (as prost_cli.main wires them)."""
     parser = argparse.ArgumentParser(prog="prost")
     register_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
@@ -323,16 +326,16 @@ def test_cli_builds_a_repository(onnx_dir, tmp_path, capsys):
 PUBLISHER = """
 import sys
 from pathlib import Path
-from prost_client import gallery as G
+from prost_model_repository import storage
 model_dir, tag = Path(sys.argv[1]), sys.argv[2]
-print(*[G.write_version(model_dir, {"who": tag.encode(), "big.bin": bytes(1 << 20)}) for _ in range(5)])
+print(*[storage.write_version(model_dir, {"who": tag.encode(), "big.bin": bytes(1 << 20)}) for _ in range(5)])
 """
 
 
 def test_concurrent_publishers_get_distinct_versions(tmp_path):
     """Two processes writing versions of one model at once: every write succeeds, no number twice, no staging."""
     model_dir = tmp_path / "repo" / P.GALLERY_MODEL
-    G.write_version(model_dir, {"who": b"builder"})
+    storage.write_version(model_dir, {"who": b"builder"})
     procs = [subprocess.Popen([sys.executable, "-c", PUBLISHER, str(model_dir), tag], stdout=subprocess.PIPE,
                               text=True) for tag in ("a", "b")]
     outputs = [proc.communicate(timeout=120)[0] for proc in procs]
@@ -349,9 +352,7 @@ def test_a_rebuild_during_a_publish_keeps_the_published_gallery(onnx_dir, tmp_pa
     """`prost repository build` copies the latest gallery under the gallery's lock and lists it in the manifest
     before releasing that lock, so a gallery published at the same time is never rolled back, in the versions or in
     the manifest, whichever writer goes first."""
-    import numpy as np
-
-    from prost_export import repository as R
+    from prost_model_repository import writer as R
 
     repo = write_repository(onnx_dir, tmp_path / "repo")
     model_dir = repo / P.GALLERY_MODEL
@@ -361,8 +362,8 @@ def test_a_rebuild_during_a_publish_keeps_the_published_gallery(onnx_dir, tmp_pa
                             video_encoder=video_encoder(onnx_dir))
     files.update({n: (model_dir / "1" / n).read_bytes() for n in (G.MODEL_FILE, G.SIMILARITY_FILE)})
     def publish():  # as ProstClient does with a local repository
-        with G.DirectoryLock(model_dir):
-            G.stage_version(repo, P.GALLERY_MODEL, files, minimum=1)
+        with storage.DirectoryLock(model_dir):
+            storage.stage_version(repo, P.GALLERY_MODEL, files, minimum=1)
 
     if first == "publisher":
         publish()
@@ -378,16 +379,14 @@ def test_a_rebuild_during_a_publish_keeps_the_published_gallery(onnx_dir, tmp_pa
     write_repository(onnx_dir, repo, max_batch_size=8)
     assert G.versions(model_dir) == [1, 2, 3]
     assert json.loads((model_dir / "3" / G.IDS_FILE).read_text())["video_ids"] == ["a", "b"]
-    manifest = json.loads((repo / G.MANIFEST_FILE).read_text())
-    assert manifest["models"][P.GALLERY_MODEL] == G.describe_model_dir(model_dir)
+    manifest = json.loads((repo / storage.MANIFEST_FILE).read_text())
+    assert manifest["models"][P.GALLERY_MODEL] == storage.describe_model_dir(model_dir)
 
 
 def test_a_held_lock_is_reported_not_waited_on_forever(tmp_path):
-    from prost_client.errors import ClientError
-
-    with G.DirectoryLock(tmp_path):
-        with pytest.raises(ClientError, match="locked by another writer"):
-            with G.DirectoryLock(tmp_path, timeout=0.2):
+    with storage.DirectoryLock(tmp_path):
+        with pytest.raises(RepositoryError, match="locked by another writer"):
+            with storage.DirectoryLock(tmp_path, timeout=0.2):
                 pass
 
 
@@ -406,3 +405,29 @@ def test_tensorrt_plans_must_match_the_serving_tensorrt_and_take_batch_1(onnx_di
 def test_max_top_k_below_the_default_top_k_is_refused(onnx_dir, tmp_path):
     with pytest.raises(RepositoryError, match="max_top_k 5 is below the default TOP_K 10"):
         write_repository(onnx_dir, tmp_path / "repo", "cpu", max_top_k=5)
+
+
+def test_float16_inputs_give_the_graph_bit_identical_scores(tiny_model, onnx_dir, tmp_path):
+    """The gallery's copy of the similarity graph takes its fp16 prototypes as stored; fp16 to fp32 is exact, so
+    the scores equal the export's graph on the same values in fp32."""
+    out, spec = onnx_dir, graph_specs(tiny_model.config)["similarity"]
+    bank = (P.OBJECT_PROTOTYPES, P.EVENT_PROTOTYPES)
+    session = onnx_session(out / spec.onnx_file)
+    (tmp_path / "half.onnx").write_bytes(with_float16_inputs(out / spec.onnx_file, bank))
+    half = onnx_session(tmp_path / "half.onnx")
+    assert {i.name: i.type for i in half.get_inputs() if i.name in bank} == dict.fromkeys(bank, "tensor(float16)")
+    inputs = {**example_inputs(spec, batch=3, seed=5, videos=4), P.BETA: np.array([1.0], np.float32)}
+    stored = {k: v.astype(np.float16) if k in bank else v for k, v in inputs.items()}
+    want = run_onnx(session, {k: v.astype(np.float32) for k, v in stored.items()})
+    got = run_onnx(half, stored)
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+    with pytest.raises(RepositoryError, match="no float32 input TOKEN_IDS"):
+        with_float16_inputs(out / spec.onnx_file, (P.TOKEN_IDS,))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    for outputs in (["x_float32"], ["y", "x"]):  # the cast's name is taken; the input is also an output
+        nodes = [helper.make_node("Relu", ["x"], [outputs[0]])]
+        graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1])
+                                                     for n in outputs])
+        onnx.save(helper.make_model(graph), tmp_path / "clash.onnx")
+        with pytest.raises(RepositoryError, match="cannot cast x in place"):
+            with_float16_inputs(tmp_path / "clash.onnx", ("x",))

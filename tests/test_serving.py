@@ -24,8 +24,9 @@ from tritonclient.utils import InferenceServerException
 import prost
 from prost.data.video import decode_video
 from prost.model.prost import TextPrototypes, VideoPrototypes
-from prost_client import errors, gallery as G, protocol as P, wire
+from prost_client import errors, gallery_format as G, protocol as P, wire
 from prost_client.client import AsyncProstClient, ProstClient
+from prost_model_repository import storage
 from prost_client.wire import key_headers
 from prost_model_repository.gallery.ranking import merge_top_k
 
@@ -261,7 +262,7 @@ def test_a_corrupt_gallery_version_does_not_load_and_the_old_one_serves(client, 
             assert client.gallery_version() == served
             assert G.versions(model_repository / P.GALLERY_MODEL)[-1] == served  # the failed version is removed
     assert len(client.search("a yellow cross", top_k=10)[0]) == len(ids)
-    manifest = json.loads((model_repository / G.MANIFEST_FILE).read_text())
+    manifest = json.loads((model_repository / storage.MANIFEST_FILE).read_text())
     assert manifest["models"][P.GALLERY_MODEL]["latest"] == served
 
 
@@ -367,7 +368,7 @@ def test_repository_endpoints_need_the_key(triton_server, published_gallery):
 def test_prost_serve_stops_cleanly_on_sigterm(model_repository, tmp_path):
     """`prost serve` as a process: SIGTERM during startup and once ready both exit 0 and leave no tritonserver or
     python-backend stub behind (found by the unique repository path in /proc/*/cmdline)."""
-    from prost_export.server import free_ports
+    from prost_model_repository.server import free_ports
 
     repo = tmp_path / "serve-repo"
     repo.mkdir()
@@ -376,7 +377,7 @@ def test_prost_serve_stops_cleanly_on_sigterm(model_repository, tmp_path):
         ports = free_ports(3)
         err = tmp_path / f"{when}.err"
         with open(err, "w") as stderr:
-            proc = subprocess.Popen([sys.executable, "-m", "prost.cli", "serve", "--repository", str(repo),
+            proc = subprocess.Popen([sys.executable, "-m", "prost_cli.main", "serve", "--repository", str(repo),
                                      "--grpc-port", str(ports[0]), "--http-port", str(ports[1]), "--metrics-port",
                                      str(ports[2]), "--log-dir", str(tmp_path / when), "--grace", "20"],
                                     stderr=stderr)
@@ -395,8 +396,8 @@ def test_prost_serve_stops_cleanly_on_sigterm(model_repository, tmp_path):
 def test_prost_serve_reloads_a_model_whose_stub_was_killed(model_repository, tmp_path):
     """Triton keeps a model READY after its python-backend stub is killed and fails every request to it; `prost
     serve` notices the stub is gone and reloads the model, so search answers again."""
-    from prost_export.server import free_ports
-    from prost_export.watchdog import live_stubs
+    from prost_model_repository.server import free_ports
+    from prost_model_repository.watchdog import live_stubs
 
     repo = tmp_path / "repo"
     shutil.copytree(model_repository, repo)
@@ -406,7 +407,7 @@ def test_prost_serve_reloads_a_model_whose_stub_was_killed(model_repository, tmp
     ports = free_ports(3)
     err = tmp_path / "serve.err"
     with open(err, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "prost.cli", "serve", "--repository", str(repo),
+        proc = subprocess.Popen([sys.executable, "-m", "prost_cli.main", "serve", "--repository", str(repo),
                                  "--grpc-port", str(ports[0]), "--http-port", str(ports[1]), "--metrics-port",
                                  str(ports[2]), "--log-dir", str(tmp_path / "logs"), "--stub-watchdog", "3",
                                  "--grace", "8"],  # Triton cannot finalize the dead instance: it stops at the timeout

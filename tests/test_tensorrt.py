@@ -32,7 +32,7 @@ def test_plan_names_carry_the_compute_capability():
 
 @pytest.mark.skipif(HAS_TRT and HAS_GPU, reason="this host can build engines; the refusal path does not apply")
 def test_build_engines_refuses_clearly_without_gpu_or_tensorrt(tiny_export, capsys):
-    from prost.cli import main
+    from prost_cli.main import main
 
     assert main(["build-engines", "--export", str(tiny_export)]) == 1
     err = capsys.readouterr().err
@@ -70,7 +70,7 @@ def test_retrieval_gate_feeds_a_split_larger_than_the_profile(tiny_export, tmp_p
 @pytest.mark.gpu
 @NEEDS_GPU
 def test_engine_refuses_a_batch_outside_its_profile_and_a_wrong_dtype(tiny_export):
-    from prost_export.onnx import example_inputs
+    from prost_export.graphs import example_inputs
     from prost_export.tensorrt import EngineRunner, Profile, build_engines
 
     meta = build_engines(tiny_export, precision="fp32", profile=Profile(1, 1, 2))["text_prototypes"]

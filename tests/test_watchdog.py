@@ -10,8 +10,8 @@ import shutil
 import time
 from pathlib import Path
 
-from prost_client.gallery import DirectoryLock
-from prost_export.watchdog import Stub, StubWatchdog, live_stubs
+from prost_model_repository.storage import DirectoryLock
+from prost_model_repository.watchdog import Stub, StubWatchdog, live_stubs
 
 SERVER = 100
 
@@ -72,7 +72,7 @@ def test_only_a_dead_stub_of_a_ready_version_is_reloaded(tmp_path, caplog):
     revive = False
     assert watchdog.check() == [] and watchdog.check() == [] and loads == ["prost_text"]  # within the backoff
     time.sleep(watchdog.backoff)
-    with caplog.at_level(logging.ERROR, logger="prost_export.watchdog"):
+    with caplog.at_level(logging.ERROR, logger="prost_model_repository.watchdog"):
         assert watchdog.check() == [] and loads == ["prost_text"] * 2
     assert "prost_text has no live stub after the reload" in caplog.text
     assert watchdog.check() == [] and loads == ["prost_text"] * 2  # not again before the backoff

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from prost_client import gallery as G, protocol as P
-from prost_client.errors import ClientError
+from prost_client import gallery_format as G, protocol as P
+from prost_model_repository import param_keys as K
 from prost_model_repository.gallery.ranking import merge_top_k
 from prost_model_repository.utils import ParameterError, dims, internal, invalid, model_config, ort_session
 from prost_model_repository.utils import param, param_float, param_int, parameters, version_dir
@@ -39,7 +39,7 @@ def load_gallery(directory: Path, objects_dims: list[int], events_dims: list[int
         ids = json.loads((directory / G.IDS_FILE).read_text())["video_ids"]
         stamp = G.safetensors_metadata(directory / G.TENSORS_FILE).get(G.ENCODER_STAMP)
         tensors = load_file(str(directory / G.TENSORS_FILE))
-    except (OSError, ValueError, KeyError, TypeError, SafetensorError, ClientError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise GalleryError(f"cannot read the gallery in {directory}: {type(exc).__name__}: {exc}") from None
     if stamp is None:
         raise GalleryError(f"{directory / G.TENSORS_FILE} was written before galleries named their video encoder; run "
@@ -66,14 +66,14 @@ class TritonPythonModel:
     def initialize(self, args):
         config = model_config(args)
         params = parameters(config)
-        self.beta = np.array([param_float(params, "BETA")], np.float32)
-        self.max_top_k = param_int(params, "MAX_TOP_K", 1000, minimum=1)
-        self.default_top_k = param_int(params, "DEFAULT_TOP_K", P.DEFAULT_TOP_K, minimum=1)
+        self.beta = np.array([param_float(params, P.BETA_PARAM)], np.float32)
+        self.max_top_k = param_int(params, K.MAX_TOP_K, minimum=1)
+        self.default_top_k = param_int(params, K.DEFAULT_TOP_K, minimum=1)
         if self.default_top_k > self.max_top_k:
-            raise ParameterError(f"DEFAULT_TOP_K={self.default_top_k} exceeds MAX_TOP_K={self.max_top_k}")
-        self.block = param_int(params, "BLOCK_ELEMENTS", 1 << 24, minimum=1)
+            raise ParameterError(f"{K.DEFAULT_TOP_K}={self.default_top_k} exceeds {K.MAX_TOP_K}={self.max_top_k}")
+        self.block = param_int(params, K.BLOCK_ELEMENTS, minimum=1)
         directory = version_dir(args)
-        self.session = ort_session(directory / G.SIMILARITY_FILE, param_int(params, "INTRA_OP_THREADS", 0))
+        self.session = ort_session(directory / G.SIMILARITY_FILE, param_int(params, K.INTRA_OP_THREADS, 0))
         graph = {i.name: i.shape for i in self.session.get_inputs()}
         # The repository's graph takes the fp16 prototypes as they are stored; an uploaded export graph, float32.
         self.bank_dtype = {i.name: np.float16 if i.type == "tensor(float16)" else np.float32

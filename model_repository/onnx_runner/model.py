@@ -3,19 +3,19 @@
 One source for the three models; the config says which graph and which tensors:
   ONNX_FILE           graph file in the version directory (default "model.onnx")
   INTRA_OP_THREADS    ONNX Runtime intra-op threads (default 0 = ONNX Runtime's choice)
-  DEFAULT_<INPUT>     JSON value of an `optional` input when a request omits it (e.g. DEFAULT_BETA = "[1.0]")
+  BETA                the exported beta: the value of the optional BETA input when a request omits it
   MAX_ITEMS           unbatched models: the most items along any input's first dim (default 0 = no limit); larger
                       requests get INVALID_ARGUMENT instead of a similarity matrix that exhausts memory
 Batched models (max_batch_size > 0) run every request of a dynamic batch in one ONNX Runtime call, then split.
 """
 
-import json
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from prost_client import protocol as P
+from prost_model_repository import param_keys as K
 from prost_model_repository.utils import ParameterError, internal, invalid, model_config, ort_session, param
-from prost_model_repository.utils import param_int, parameters, version_dir
+from prost_model_repository.utils import param_float, param_int, parameters, version_dir
 
 
 class TritonPythonModel:
@@ -23,9 +23,9 @@ class TritonPythonModel:
         config = model_config(args)
         params = parameters(config)
         self.batched = int(config.get("max_batch_size", 0)) > 0
-        self.max_items = param_int(params, "MAX_ITEMS", 0, minimum=0)
-        self.session = ort_session(version_dir(args) / param(params, "ONNX_FILE", "model.onnx"),
-                                   param_int(params, "INTRA_OP_THREADS", 0))
+        self.max_items = param_int(params, K.MAX_ITEMS, 0, minimum=0)
+        self.session = ort_session(version_dir(args) / param(params, K.ONNX_FILE, "model.onnx"),
+                                   param_int(params, K.INTRA_OP_THREADS, 0))
         graph_inputs = {i.name for i in self.session.get_inputs()}
         graph_outputs = {o.name for o in self.session.get_outputs()}
         self.inputs = [i["name"] for i in config["input"]]
@@ -35,14 +35,11 @@ class TritonPythonModel:
             raise ParameterError(f"tensors {', '.join(missing)} are in the config but not in the ONNX graph")
         self.defaults = {}
         for entry in config["input"]:
-            if entry.get("optional"):
-                key = f"DEFAULT_{entry['name']}"
-                dtype = pb_utils.triton_string_to_numpy(entry["data_type"])
-                try:
-                    value = np.asarray(json.loads(param(params, key)), dtype=dtype)
-                except json.JSONDecodeError as exc:
-                    raise ParameterError(f"config parameter {key} is not JSON: {exc}") from None
-                self.defaults[entry["name"]] = value.reshape([int(d) for d in entry["dims"]])
+            if entry.get("optional"):  # only BETA is optional: a request without it gets the exported beta
+                if entry["name"] != P.BETA:
+                    raise ParameterError(f"optional input {entry['name']} has no default; only {P.BETA} may be "
+                                         f"optional")
+                self.defaults[P.BETA] = np.array([param_float(params, P.BETA_PARAM)], np.float32)
 
     def execute(self, requests):
         feeds = [self._feeds(request) for request in requests]

@@ -8,6 +8,7 @@ import triton_python_backend_utils as pb_utils
 
 from prost.tokenizer import get_tokenizer, tokenize
 from prost_client import protocol as P
+from prost_model_repository import param_keys as K
 from prost_model_repository.utils import ParameterError, decode_strings, dims, invalid, model_config, parameters
 from prost_model_repository.utils import param_int
 
@@ -16,8 +17,8 @@ class TritonPythonModel:
     def initialize(self, args):
         config = model_config(args)
         params = parameters(config)
-        self.max_words = param_int(params, "MAX_WORDS", minimum=2)
-        self.max_bytes = param_int(params, "MAX_TEXT_BYTES", 4096, minimum=1)
+        self.max_words = param_int(params, K.MAX_WORDS, minimum=2)
+        self.max_bytes = param_int(params, K.MAX_TEXT_BYTES, 4096, minimum=1)
         if dims(config, P.TOKEN_IDS) != [self.max_words]:
             raise ParameterError(f"MAX_WORDS={self.max_words} but {P.TOKEN_IDS} dims are {dims(config, P.TOKEN_IDS)}")
         get_tokenizer()  # load the BPE vocabulary now, not on the first request

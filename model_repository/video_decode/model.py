@@ -16,6 +16,7 @@ import triton_python_backend_utils as pb_utils
 from prost.data.video import decode_video
 from prost.errors import DataError
 from prost_client import protocol as P
+from prost_model_repository import param_keys as K
 from prost_model_repository.utils import ParameterError, dims, internal, invalid, model_config, param_int, parameters
 from prost_model_repository.utils import param_optional_float
 
@@ -24,11 +25,11 @@ class TritonPythonModel:
     def initialize(self, args):
         config = model_config(args)
         params = parameters(config)
-        self.num_frames = param_int(params, "NUM_FRAMES", minimum=1)
-        self.image_size = param_int(params, "IMAGE_SIZE", minimum=1)
-        self.max_bytes = param_int(params, "MAX_VIDEO_BYTES", minimum=1)
-        self.max_source_frames = param_int(params, "MAX_SOURCE_FRAMES", minimum=1)
-        self.sample_fps = param_optional_float(params, "SAMPLE_FPS", minimum=0.0)
+        self.num_frames = param_int(params, K.NUM_FRAMES, minimum=1)
+        self.image_size = param_int(params, K.IMAGE_SIZE, minimum=1)
+        self.max_bytes = param_int(params, K.MAX_VIDEO_BYTES, minimum=1)
+        self.max_source_frames = param_int(params, K.MAX_SOURCE_FRAMES, minimum=1)
+        self.sample_fps = param_optional_float(params, K.SAMPLE_FPS, minimum=0.0)
         expected = [self.num_frames, 3, self.image_size, self.image_size]
         if dims(config, P.FRAMES) != expected:
             raise ParameterError(f"NUM_FRAMES/IMAGE_SIZE give {expected} but {P.FRAMES} dims are "

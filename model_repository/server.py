@@ -35,8 +35,8 @@ import urllib.request
 from pathlib import Path
 
 from prost.errors import RepositoryError
-from prost_client.wire import REPOSITORY_KEY_HEADER
-from prost_export.watchdog import StubWatchdog
+from prost_client.protocol import REPOSITORY_KEY_HEADER
+from prost_model_repository.watchdog import StubWatchdog
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import onnx
 
-from prost.errors import ExportError
+from prost.errors import RepositoryError
 
 
 def with_float16_inputs(path: Path, names: tuple[str, ...]) -> bytes:
@@ -20,12 +20,12 @@ def with_float16_inputs(path: Path, names: tuple[str, ...]) -> bytes:
     inputs = {t.name: t for t in graph.input}
     missing = [n for n in names if n not in inputs or inputs[n].type.tensor_type.elem_type != onnx.TensorProto.FLOAT]
     if missing:
-        raise ExportError(f"{path.name} has no float32 input {', '.join(missing)}")
+        raise RepositoryError(f"{path.name} has no float32 input {', '.join(missing)}")
     taken = {o for node in graph.node for o in node.output} | set(inputs) | {t.name for t in graph.initializer}
     clashes = [n for n in names if f"{n}_float32" in taken or n in {o.name for o in graph.output}]
     if clashes or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                       for node in graph.node for a in node.attribute):
-        raise ExportError(f"{path.name}: cannot cast {', '.join(clashes) or 'inputs'} in place (a graph output, a "
+        raise RepositoryError(f"{path.name}: cannot cast {', '.join(clashes) or 'inputs'} in place (a graph output, a "
                           f"taken name or a subgraph)")
     for name in names:
         inputs[name].type.tensor_type.elem_type = onnx.TensorProto.FLOAT16

@@ -17,8 +17,8 @@ COMMAND_MODULES = (
     "prost.checkpoint",  # prost convert
     "prost_export.onnx",  # prost export
     "prost_export.tensorrt",  # prost build-engines
-    "prost_export.repository",  # prost repository build
-    "prost_export.server",  # prost serve
+    "prost_model_repository.writer",  # prost repository build
+    "prost_model_repository.server",  # prost serve
 )
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from prost_client.gallery import DirectoryLock
+from prost_model_repository.storage import DirectoryLock
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """`prost repository build`: a versioned Triton model repository from an export directory.
 
 Models (names from `prost_client.protocol`): prost_tokenizer, prost_text, prost_video, prost_similarity,
-prost_video_decode, prost_gallery and the ensembles of `prost_export.ensembles`. Variants change only the three
+prost_video_decode, prost_gallery and the ensembles of `prost_model_repository.ensembles`. Variants change only the three
 graph models: "cpu" runs the ONNX files in a python model on ONNX Runtime's CPU provider, "onnxruntime" uses Triton's
 ORT backend with the TensorRT accelerator, "tensorrt" serves the plans `prost build-engines` listed in the export
 manifest. Configs are `model_config_pb2.ModelConfig` messages written with `text_format`.
@@ -10,7 +10,7 @@ Versioning: building into an existing repository writes version N+1 of a model o
 differ from version N. The gallery keeps its data while the video encoder is unchanged; a new video encoder
 resets it to an empty version (re-index with `prost-client index`). `manifest.json` at the root lists every
 model, its versions and the sha256 of its files. Writers lock each model directory while writing it and the gallery
-from reading its data to writing the new version (`prost_client.gallery`), so a concurrent `prost-client index`
+from reading its data to writing the new version (`prost_model_repository.storage`), so a concurrent `prost-client index`
 is never rolled back.
 
 Response cache: Triton keys it by model name, model *version* and inputs, and keeps entries across reloads. A new
@@ -48,11 +48,15 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from prost.config import ProstConfig
 from prost.errors import ProstError, RepositoryError
-from prost_client import gallery as G, protocol as P
-from prost_client.errors import ClientError
-from prost_export.ensembles import DTYPES, ModelSpec, ensembles, model_config, tensor
-from prost_export.graph_rewrite import with_float16_inputs
-from prost_export.specs import GraphSpec, TensorSpec, arch_tag, graph_specs
+from prost.fileio import sha256_file, write_atomic
+from prost.model.similarity import DEFAULT_BLOCK_ELEMENTS
+from prost_client import gallery_format as G, protocol as P
+from prost_export.manifest import read_manifest
+from prost_export.specs import GraphSpec, arch_tag, graph_specs
+from prost_model_repository import param_keys as K, storage
+from prost_model_repository.ensembles import DTYPES, ModelSpec, ensembles, model_config, search_results, spec_tensor
+from prost_model_repository.ensembles import tensor
+from prost_model_repository.graph_rewrite import with_float16_inputs
 
 log = logging.getLogger(__name__)
 
@@ -105,33 +109,30 @@ def write_repository(export_dir: str | Path, out: str | Path, variant: str = "cp
     config = ProstConfig.from_dict(manifest["config"])
     out.mkdir(parents=True, exist_ok=True)
     models = build_models(export_dir, manifest, config, options)
-    try:
-        with G.DirectoryLock(out):
-            try:
-                G.read_manifest(out)
-            except ClientError as exc:  # the entries are listed one by one below; start from an empty list
-                log.warning("%s", exc)
-                G.write_manifest(out, {"models": {}}, locked=True)
-        for name, spec in models.items():
-            with G.DirectoryLock(out / name):  # the gallery: from reading its data to listing the new version
-                if name == P.GALLERY_MODEL:
-                    spec.files.update(_gallery_data(out, spec.config, config))
-                version = _write_model(out / name, spec)
-                G.update_manifest(out, name)  # as a publisher does: model lock, then the repository's
-            log.info("%s: %s", name, f"version {version} written" if version else "unchanged")
-        with G.DirectoryLock(out):  # keeps the entries as listed: a publisher may have listed a newer gallery since
-            listed = G.read_manifest(out)["models"]
-            lost = sorted(set(models) - set(listed))
-            if lost:  # another build reset a damaged manifest meanwhile
-                raise RepositoryError(f"{out / G.MANIFEST_FILE} lost the entries of {', '.join(lost)} while this "
-                                      f"build ran (another `prost repository build`?); run the build again")
-            G.write_manifest(out, {
-                "format": REPOSITORY_FORMAT, "variant": variant,
-                "export": {"path": str(export_dir.resolve()), "config": manifest["config"],
-                           "files": {k: v["sha256"] for k, v in manifest["files"].items()}},
-                "models": {name: listed[name] for name in sorted(models)}}, locked=True)
-    except ClientError as exc:  # a lock kept by another writer, or a version that cannot be written
-        raise RepositoryError(str(exc)) from exc
+    with storage.DirectoryLock(out):
+        try:
+            storage.read_manifest(out)
+        except RepositoryError as exc:  # the entries are listed one by one below; start from an empty list
+            log.warning("%s", exc)
+            storage.write_manifest(out, {"models": {}}, locked=True)
+    for name, spec in models.items():
+        with storage.DirectoryLock(out / name):  # the gallery: from reading its data to listing the new version
+            if name == P.GALLERY_MODEL:
+                spec.files.update(_gallery_data(out, spec.config, graph_specs(config)))
+            version = _write_model(out / name, spec)
+            storage.update_manifest(out, name)  # as a publisher does: model lock, then the repository's
+        log.info("%s: %s", name, f"version {version} written" if version else "unchanged")
+    with storage.DirectoryLock(out):  # keeps the entries as listed: a publisher may have listed a newer one since
+        listed = storage.read_manifest(out)["models"]
+        lost = sorted(set(models) - set(listed))
+        if lost:  # another build reset a damaged manifest meanwhile
+            raise RepositoryError(f"{out / storage.MANIFEST_FILE} lost the entries of {', '.join(lost)} while this "
+                                  f"build ran (another `prost repository build`?); run the build again")
+        storage.write_manifest(out, {
+            "format": REPOSITORY_FORMAT, "variant": variant,
+            "export": {"path": str(export_dir.resolve()), "config": manifest["config"],
+                       "files": {k: v["sha256"] for k, v in manifest["files"].items()}},
+            "models": {name: listed[name] for name in sorted(models)}}, locked=True)
     return out
 
 
@@ -144,33 +145,28 @@ def build_models(export_dir: Path, manifest: dict, config: ProstConfig,
           for name in ("tokenizer", "onnx_runner", "video_decode", "gallery")}
     mbs, vbs = options.max_batch_size, options.max_video_batch_size
     video_sha = manifest["files"][specs["video_prototypes"].onnx_file]["sha256"]
-    s = config.vision.image_size
+    beta = repr(float(config.beta))  # BETA_PARAM: the one encoding of beta in the repository
+    (token_ids,), (frames,) = specs["text_prototypes"].inputs, specs["video_prototypes"].inputs
     models = {
         P.TOKENIZER_MODEL: ModelSpec(_python(
             P.TOKENIZER_MODEL, mbs, options.instances, options, [tensor(P.TEXT, "string", [1])],
-            [tensor(P.TOKEN_IDS, "int32", [config.max_words])], {"MAX_WORDS": config.max_words}),
+            [spec_tensor(token_ids, batched=True)], {K.MAX_WORDS: token_ids.shape[1]}),
             {"model.py": py["tokenizer"]}),
         P.VIDEO_DECODE_MODEL: ModelSpec(_python(
             P.VIDEO_DECODE_MODEL, vbs, options.instances, options, [tensor(P.VIDEO, "string", [1])],
-            [tensor(P.FRAMES, "float32", [config.head.num_frames, 3, s, s])],
-            {"NUM_FRAMES": config.head.num_frames, "IMAGE_SIZE": s,
-             "SAMPLE_FPS": "none" if config.sample_fps is None else repr(float(config.sample_fps)),
-             "MAX_VIDEO_BYTES": options.max_video_bytes, "MAX_SOURCE_FRAMES": options.max_source_frames}),
+            [spec_tensor(frames, batched=True)],
+            {K.NUM_FRAMES: frames.shape[1], K.IMAGE_SIZE: frames.shape[-1],
+             K.SAMPLE_FPS: "none" if config.sample_fps is None else repr(float(config.sample_fps)),
+             K.MAX_VIDEO_BYTES: options.max_video_bytes, K.MAX_SOURCE_FRAMES: options.max_source_frames}),
             {"model.py": py["video_decode"]}),
-        P.GALLERY_MODEL: _gallery_model(export_dir, specs, config, options, video_sha, py["gallery"]),
+        P.GALLERY_MODEL: _gallery_model(export_dir, specs, beta, options, video_sha, py["gallery"]),
     }
     for name, graph in _GRAPHS.items():
         batch = {P.TEXT_MODEL: mbs, P.VIDEO_MODEL: vbs, P.SIMILARITY_MODEL: 0}[name]
-        models[name] = _graph_model(name, specs[graph], batch, export_dir, manifest, config, options,
+        models[name] = _graph_model(name, specs[graph], batch, export_dir, manifest, beta, options,
                                     py["onnx_runner"])
-    models.update(ensembles(config, mbs, vbs, optional_beta=options.variant == "cpu"))
+    models.update(ensembles(specs, mbs, vbs, beta, optional_beta=options.variant == "cpu"))
     return models
-
-
-def _spec_io(spec: TensorSpec, batched: bool, optional: bool = False) -> tuple:
-    """Config dims of a graph tensor: without the batch dimension when batched, dynamic dims as -1."""
-    shape = spec.shape[1:] if batched else spec.shape
-    return tensor(spec.name, spec.dtype, [-1 if isinstance(d, str) else int(d) for d in shape], optional=optional)
 
 
 def _batching(config: mc.ModelConfig, options: RepositoryOptions) -> None:
@@ -187,13 +183,13 @@ def _python(name: str, mbs: int, count: int, options: RepositoryOptions, inputs,
     return config
 
 
-def _graph_model(name: str, spec: GraphSpec, mbs: int, export_dir: Path, manifest: dict, config: ProstConfig,
+def _graph_model(name: str, spec: GraphSpec, mbs: int, export_dir: Path, manifest: dict, beta: str,
                  options: RepositoryOptions, runner: Path) -> ModelSpec:
     """prost_text / prost_video / prost_similarity in the chosen variant."""
     optional_beta = options.variant == "cpu"  # a python model can default BETA; ORT and TRT graphs need it fed
-    inputs = [_spec_io(t, mbs > 0, optional=optional_beta and t.name == P.BETA) for t in spec.inputs]
-    outputs = [_spec_io(t, mbs > 0) for t in spec.outputs]
-    params = {"DEFAULT_BETA": json.dumps([config.beta])} if optional_beta and name == P.SIMILARITY_MODEL else {}
+    inputs = [spec_tensor(t, mbs > 0, optional=optional_beta and t.name == P.BETA) for t in spec.inputs]
+    outputs = [spec_tensor(t, mbs > 0) for t in spec.outputs]
+    params = {P.BETA_PARAM: beta} if optional_beta and name == P.SIMILARITY_MODEL else {}
     if name == P.VIDEO_MODEL:  # clients stamp the galleries they encode with it
         params[P.VIDEO_ENCODER_PARAM] = manifest["files"][spec.onnx_file]["sha256"]
     model = model_config(name, mbs, inputs, outputs, params)
@@ -204,10 +200,10 @@ def _graph_model(name: str, spec: GraphSpec, mbs: int, export_dir: Path, manifes
     files = _onnx_files(export_dir, spec)
     if options.variant == "cpu":
         model.backend = "python"
-        model.parameters["ONNX_FILE"].string_value = "model.onnx"
-        model.parameters["INTRA_OP_THREADS"].string_value = str(options.intra_op_threads)
+        model.parameters[K.ONNX_FILE].string_value = "model.onnx"
+        model.parameters[K.INTRA_OP_THREADS].string_value = str(options.intra_op_threads)
         if not mbs:  # prost_similarity: T x V grows with both counts; the ensembles never send more than this
-            model.parameters["MAX_ITEMS"].string_value = str(max(options.max_batch_size, options.max_video_batch_size))
+            model.parameters[K.MAX_ITEMS].string_value = str(max(options.max_batch_size, options.max_video_batch_size))
         files["model.py"] = runner
     elif options.variant == "onnxruntime":
         model.backend = "onnxruntime"
@@ -294,7 +290,7 @@ def _plan_files(export_dir: Path, manifest: dict, spec: GraphSpec, model: mc.Mod
         if target in files:
             raise RepositoryError(f"two plans of {spec.name} for compute capability {cc}: {files[target].name} and "
                                   f"{path.name}; remove one from the manifest")
-        if not path.is_file() or G.sha256_file(path) != entry["sha256"]:
+        if not path.is_file() or sha256_file(path) != entry["sha256"]:
             raise RepositoryError(f"{path} is missing or does not match its sha256 in the manifest; {rebuild}")
         if tensorrt_version and entry["tensorrt"] != tensorrt_version:
             raise RepositoryError(f"{path.name} was built with TensorRT {entry['tensorrt']}, but the serving Triton "
@@ -302,7 +298,7 @@ def _plan_files(export_dir: Path, manifest: dict, spec: GraphSpec, model: mc.Mod
                                   f"versions; build the engines with TensorRT {tensorrt_version}")
         if entry["profile"]["min"] > 1:
             raise RepositoryError(f"{path.name}: TensorRT profile min {entry['profile']['min']}, but Triton sends "
-                                  f"batches of 1 (single requests, the warmup); rebuild with --min-batch 1")
+                                  f"batches of 1 (single requests, the warmup); rebuild the engines with `prost build-engines`")
         if entry["profile"]["max"] < needed:
             raise RepositoryError(f"{model.name}: batches of {needed} exceed the TensorRT profile max "
                                   f"{entry['profile']['max']} of {path.name}; lower --max-batch-size/"
@@ -312,23 +308,22 @@ def _plan_files(export_dir: Path, manifest: dict, spec: GraphSpec, model: mc.Mod
     return files
 
 
-def _gallery_model(export_dir: Path, specs: dict[str, GraphSpec], config: ProstConfig, options: RepositoryOptions,
+def _gallery_model(export_dir: Path, specs: dict[str, GraphSpec], beta: str, options: RepositoryOptions,
                    video_sha: str, source: Path) -> ModelSpec:
-    h, d = config.head, config.embed_dim
+    phrases, sentence = specs["text_prototypes"].outputs
     model = _python(P.GALLERY_MODEL, options.max_batch_size, 1, options,
-                    [tensor(P.PHRASE_PROTOTYPES, "float32", [h.num_phrases, d]),
-                     tensor(P.SENTENCE_EMBEDDING, "float32", [d]), tensor(P.TOP_K, "int32", [1], optional=True)],
-                    [tensor(P.VIDEO_IDS, "string", [-1]), tensor(P.SCORES, "float32", [-1]),
-                     tensor(P.MATCHED_FRAMES, "int32", [-1, h.num_phrases])],
-                    {"BETA": repr(float(config.beta)), "DEFAULT_TOP_K": P.DEFAULT_TOP_K, "MAX_TOP_K": options.max_top_k,
-                     "BLOCK_ELEMENTS": 1 << 24, "INTRA_OP_THREADS": options.intra_op_threads,
+                    [spec_tensor(phrases, batched=True), spec_tensor(sentence, batched=True),
+                     tensor(P.TOP_K, "int32", [1], optional=True)],
+                    search_results(specs),
+                    {P.BETA_PARAM: beta, K.DEFAULT_TOP_K: P.DEFAULT_TOP_K, K.MAX_TOP_K: options.max_top_k,
+                     K.BLOCK_ELEMENTS: DEFAULT_BLOCK_ELEMENTS, K.INTRA_OP_THREADS: options.intra_op_threads,
                      P.VIDEO_ENCODER_PARAM: video_sha})
     model.response_cache.enable = True  # keyed by version: every published gallery is a new version
     graph = with_float16_inputs(export_dir / specs["similarity"].onnx_file, (P.OBJECT_PROTOTYPES, P.EVENT_PROTOTYPES))
     return ModelSpec(model, {G.MODEL_FILE: source, G.SIMILARITY_FILE: graph})
 
 
-def _gallery_data(out: Path, model: mc.ModelConfig, config: ProstConfig) -> dict[str, bytes]:
+def _gallery_data(out: Path, model: mc.ModelConfig, specs: dict[str, GraphSpec]) -> dict[str, bytes]:
     """The latest gallery's data when the video encoder that produced it is the new one, else an empty gallery
     (the caller holds the lock)."""
     encoder = model.parameters[P.VIDEO_ENCODER_PARAM].string_value
@@ -343,13 +338,13 @@ def _gallery_data(out: Path, model: mc.ModelConfig, config: ProstConfig) -> dict
             if stamp == encoder:
                 return {f: (latest / f).read_bytes() for f in (G.TENSORS_FILE, G.IDS_FILE)}
             reason = "was encoded by another video encoder"
-        except (OSError, ClientError) as exc:
+        except (OSError, ValueError) as exc:
             reason = f"cannot be read ({exc})"
         log.warning("%s: the gallery starts empty: its version %s %s; re-index with `prost-client index`",
                     P.GALLERY_MODEL, existing[-1], reason)
-    h, d = config.head, config.embed_dim
-    return G.gallery_files([], np.zeros((0, h.num_frames, h.num_objects, d), np.float32),
-                           np.zeros((0, h.num_events, d), np.float32), video_encoder=encoder)
+    objects, events = specs["video_prototypes"].outputs
+    return G.gallery_files([], np.zeros((0, *objects.shape[1:]), np.float32),
+                           np.zeros((0, *events.shape[1:]), np.float32), video_encoder=encoder)
 
 
 def _legacy_encoder(model_dir: Path) -> str:
@@ -372,13 +367,11 @@ def _stamp_gallery(version_dir: Path, encoder: str) -> dict[str, bytes]:
         ids = json.loads((version_dir / G.IDS_FILE).read_text())["video_ids"]
         return G.gallery_files(ids, tensors["objects"], tensors["events"], video_encoder=encoder)
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
-        raise ClientError(f"{version_dir}: {type(exc).__name__}: {exc}") from None
+        raise RepositoryError(f"{version_dir}: {type(exc).__name__}: {exc}") from None
 
 
 def _read_export(export_dir: Path) -> dict:
     """The export manifest (read once per build), with every ONNX file present and matching its sha256."""
-    from prost_export.onnx import read_manifest
-
     try:
         manifest = read_manifest(export_dir)
     except ProstError as exc:
@@ -388,7 +381,7 @@ def _read_export(export_dir: Path) -> dict:
         path = export_dir / name
         if entry is None or not path.is_file():
             raise RepositoryError(f"{path} is missing from the export; run `prost export` again")
-        if G.sha256_file(path) != entry["sha256"]:
+        if sha256_file(path) != entry["sha256"]:
             raise RepositoryError(f"{path} does not match the sha256 in {export_dir / 'manifest.json'}; "
                                   f"the export was modified, run `prost export` again")
     return manifest
@@ -409,17 +402,15 @@ def _write_model(model_dir: Path, spec: ModelSpec) -> int | None:
                          if p.is_file() and "__pycache__" not in p.parts)
         if present == sorted(files) and all(_same(latest / n, src) for n, src in files.items()):
             return None
-    version = G.write_version(model_dir, files, locked=True)
-    tmp = config_path.with_name(".config.pbtxt.tmp")
-    tmp.write_text(text)
-    tmp.replace(config_path)
+    version = storage.write_version(model_dir, files, locked=True)
+    write_atomic(config_path, text)
     return version
 
 
 def _same(path: Path, src: Path | bytes) -> bool:
     if isinstance(src, bytes):
         return path.read_bytes() == src
-    return path.stat().st_size == src.stat().st_size and G.sha256_file(path) == G.sha256_file(src)
+    return path.stat().st_size == src.stat().st_size and sha256_file(path) == sha256_file(src)
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
@@ -444,7 +435,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 def _build_cmd(args: argparse.Namespace) -> int:
     options = {name: getattr(args, name) for name in asdict(RepositoryOptions()) if name != "variant"}
     out = write_repository(args.export, args.out, args.variant, **options)
-    manifest = G.read_manifest(out)
+    manifest = storage.read_manifest(out)
     for name, entry in manifest["models"].items():
         print(f"{name:22s} versions {entry['versions']}")
     print(f"wrote {out}")

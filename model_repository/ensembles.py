@@ -15,8 +15,8 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from prost.config import ProstConfig
 from prost_client import protocol as P
+from prost_export.specs import GraphSpec, TensorSpec
 
 DTYPES = {"float32": mc.TYPE_FP32, "int32": mc.TYPE_INT32, "string": mc.TYPE_STRING}
 
@@ -34,6 +34,19 @@ def tensor(name: str, dtype: str, dims: list[int], *, optional: bool = False) ->
     return name, DTYPES[dtype], [int(d) for d in dims], optional
 
 
+def spec_tensor(spec: TensorSpec, batched: bool, *, optional: bool = False) -> tuple:
+    """A graph tensor as a config entry: without the batch dimension when batched, dynamic dims as -1."""
+    shape = spec.shape[1:] if batched else spec.shape
+    return tensor(spec.name, spec.dtype, [-1 if isinstance(d, str) else int(d) for d in shape], optional=optional)
+
+
+def search_results(specs: dict[str, GraphSpec]) -> list[tuple]:
+    """VIDEO_IDS [K], SCORES [K], MATCHED_FRAMES [K, Np]: the outputs of prost_gallery and prost_text_search."""
+    phrases = specs["text_prototypes"].outputs[0]  # [B, Np, D]
+    return [tensor(P.VIDEO_IDS, "string", [-1]), tensor(P.SCORES, "float32", [-1]),
+            tensor(P.MATCHED_FRAMES, "int32", [-1, phrases.shape[1]])]
+
+
 def model_config(name: str, max_batch_size: int, inputs: list[tuple], outputs: list[tuple],
                  params: dict | None = None) -> mc.ModelConfig:
     """A ModelConfig with its inputs, outputs and string `parameters`."""
@@ -47,10 +60,10 @@ def model_config(name: str, max_batch_size: int, inputs: list[tuple], outputs: l
     return config
 
 
-def ensembles(config: ProstConfig, max_batch_size: int, max_video_batch_size: int,
+def ensembles(specs: dict[str, GraphSpec], max_batch_size: int, max_video_batch_size: int, beta: str,
               optional_beta: bool) -> dict[str, ModelSpec]:
-    """The ensembles, keyed by name; `optional_beta` when prost_similarity defaults BETA itself (cpu variant)."""
-    h, d = config.head, config.embed_dim
+    """The ensembles, keyed by name; `beta` is the BETA_PARAM value, `optional_beta` when prost_similarity defaults
+    BETA itself (cpu variant)."""
     mbs, vbs = max_batch_size, max_video_batch_size
     text_steps = [(P.TOKENIZER_MODEL, {P.TEXT: P.TEXT}, {P.TOKEN_IDS: "token_ids"}),
                   (P.TEXT_MODEL, {P.TOKEN_IDS: "token_ids"},
@@ -58,12 +71,9 @@ def ensembles(config: ProstConfig, max_batch_size: int, max_video_batch_size: in
     video_steps = [(P.VIDEO_DECODE_MODEL, {P.VIDEO: P.VIDEO}, {P.FRAMES: "frames"}),
                    (P.VIDEO_MODEL, {P.FRAMES: "frames"},
                     {P.OBJECT_PROTOTYPES: P.OBJECT_PROTOTYPES, P.EVENT_PROTOTYPES: P.EVENT_PROTOTYPES})]
-    text_outputs = [tensor(P.PHRASE_PROTOTYPES, "float32", [h.num_phrases, d]),
-                    tensor(P.SENTENCE_EMBEDDING, "float32", [d])]
-    video_outputs = [tensor(P.OBJECT_PROTOTYPES, "float32", [h.num_frames, h.num_objects, d]),
-                     tensor(P.EVENT_PROTOTYPES, "float32", [h.num_events, d])]
-    results = [tensor(P.VIDEO_IDS, "string", [-1]), tensor(P.SCORES, "float32", [-1]),
-               tensor(P.MATCHED_FRAMES, "int32", [-1, h.num_phrases])]
+    text_outputs = [spec_tensor(t, batched=True) for t in specs["text_prototypes"].outputs]
+    video_outputs = [spec_tensor(t, batched=True) for t in specs["video_prototypes"].outputs]
+    results = search_results(specs)
     search = _ensemble(P.TEXT_SEARCH_MODEL, mbs,
                        [tensor(P.TEXT, "string", [1]), tensor(P.TOP_K, "int32", [1], optional=True)], results,
                        text_steps + [(P.GALLERY_MODEL, {P.PHRASE_PROTOTYPES: P.PHRASE_PROTOTYPES,
@@ -80,7 +90,7 @@ def ensembles(config: ProstConfig, max_batch_size: int, max_video_batch_size: in
                       [tensor(P.SIMILARITY, "float32", [-1, -1])],
                       text_steps + video_steps + [(P.SIMILARITY_MODEL, {n: n for n in prototypes},
                                                    {P.SIMILARITY: P.SIMILARITY})])
-    score.config.parameters["BETA"].string_value = repr(float(config.beta))  # the default clients send
+    score.config.parameters[P.BETA_PARAM].string_value = beta  # the value clients send
     return {m.config.name: m for m in (search, encode_text, encode_video, score)}
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from prost.cli import main as prost
+from prost_cli.main import main as prost
 from prost.config import ProstConfig
 from prost.data.datasets import VideoItem, load_split
 from prost.data.video import read_frames
@@ -32,9 +32,9 @@ from prost.errors import ProstError
 from prost.train import STATE_FILE
 from prost_client.client import ProstClient
 from prost_client.wire import SearchHit
-from prost_export.server import TritonServer, free_ports
+from prost_model_repository.server import TritonServer, free_ports
 
-log = logging.getLogger("prost.demo")
+log = logging.getLogger("prost_cli.demo")
 
 EXAMPLES = 3
 SERVED_TOLERANCE = 0.5  # points: the gallery stores prototypes in fp16, which can flip near-tied rankings
@@ -184,7 +184,7 @@ def _check(code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prost.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m prost_cli.demo", description=__doc__)
     parser.add_argument("--workdir", type=Path, default=Path("demo"))
     parser.add_argument("--videos", type=int, default=3000, help="synthetic videos (600 test at the default)")
     parser.add_argument("--train-minutes", type=float, default=9.0, help="training time budget")
