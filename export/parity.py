@@ -17,6 +17,7 @@ from prost.errors import DependencyError, ParityError
 from prost.metrics import RECALL_KS, text_to_video
 from prost.model.prost import ProstModel
 from prost.tokenizer import tokenize
+from prost_client import protocol as P
 from prost_export.graphs import EncoderGraph, SimilarityGraph, example_inputs
 from prost_export.specs import graph_specs
 
@@ -165,8 +166,8 @@ def dataset_scores(config: ProstConfig, backend: Backend, frames: np.ndarray, id
 
     def block(t: int, v: int) -> np.ndarray:
         feeds = {**{n: prototypes[n][t : t + batch] for n in text_names},
-                 **{n: prototypes[n][v : v + batch] for n in video_names}, "BETA": beta}
-        return backend("similarity", feeds)["SIMILARITY"]
+                 **{n: prototypes[n][v : v + batch] for n in video_names}, P.BETA: beta}
+        return backend("similarity", feeds)[P.SIMILARITY]
 
     return prototypes, np.block([[block(t, v) for v in range(0, len(frames), batch)]
                                  for t in range(0, len(ids), batch)])
