@@ -28,7 +28,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register_cli(sub)
+    explain(parser)
     return parser
+
+
+def explain(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand gets its help line as description when it has none, and every flag's help names its
+    default (unless it already says it): one place instead of each stage's parser."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, subparser in action.choices.items():
+                if not subparser.description and helps.get(name):
+                    subparser.description = helps[name][0].upper() + helps[name][1:] + "."
+                explain(subparser)
+        elif (action.help and action.default not in (None, False, argparse.SUPPRESS) and action.option_strings
+              and "default" not in action.help and not isinstance(action, argparse._HelpAction)):
+            action.help += f" (default: {action.default})"
 
 
 def main(argv: list[str] | None = None) -> int:

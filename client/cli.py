@@ -18,47 +18,71 @@ EXIT_SKIPPED = 3  # `index` published, but left videos out: scripts can tell it 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
 
 
+def _common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """--url, --timeout, --repository-key: accepted before and after the subcommand (the subcommand's copies leave
+    the values alone unless given)."""
+    def default(value):
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--url", default=default(os.environ.get("PROST_URL", "127.0.0.1:8001")),
+                        help="Triton gRPC endpoint as host:port, no scheme (default: $PROST_URL, else 127.0.0.1:8001)")
+    parser.add_argument("--timeout", type=float, default=default(30.0), help="deadline per call, seconds (default: 30)")
+    parser.add_argument("--repository-key", default=default(os.environ.get("PROST_REPOSITORY_KEY")),
+                        help="key of the server's model-repository endpoints, needed to publish (default: "
+                             "$PROST_REPOSITORY_KEY, else the key file `prost serve` wrote into --repository)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prost-client", description="Query a ProST Triton deployment over gRPC.")
-    parser.add_argument("--url", default=os.environ.get("PROST_URL", "127.0.0.1:8001"), help="Triton gRPC host:port")
-    parser.add_argument("--timeout", type=float, default=30.0, help="deadline per call, seconds")
-    parser.add_argument("--repository-key", default=os.environ.get("PROST_REPOSITORY_KEY"),
-                        help="key of the restricted model-repository endpoints (default: $PROST_REPOSITORY_KEY)")
+    parser = argparse.ArgumentParser(prog="prost-client", description="Query a ProST Triton deployment over gRPC: "
+                                     "search a gallery by text, index videos into it, score texts against videos.")
+    _common_options(parser, defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _common_options(common, defaults=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    search = sub.add_parser("search", help="top-k gallery videos for each text")
-    search.add_argument("texts", nargs="+", metavar="TEXT")
-    search.add_argument("--top-k", type=int, default=P.DEFAULT_TOP_K)
+    search = sub.add_parser("search", parents=[common], help="top-k gallery videos for each text",
+                            description="The top-k gallery videos for each text, best first: rank, score "
+                                        "S = S_es + beta * S_op, video id, and per phrase prototype the frame of "
+                                        "its best-matching object prototype (0-based).")
+    search.add_argument("texts", nargs="+", metavar="TEXT", help="one or more queries (quote each)")
+    search.add_argument("--top-k", type=int, default=P.DEFAULT_TOP_K,
+                        help=f"results per text (default: {P.DEFAULT_TOP_K})")
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
     search.set_defaults(func=_search)
 
-    index = sub.add_parser("index", help="encode the videos of a directory and publish them as a new gallery",
+    index = sub.add_parser("index", parents=[common],
+                           help="encode the videos of a directory and publish them as a new gallery",
                            description="Encode the videos of a directory and publish them as a new prost_gallery "
                                        "version. With --repository the version is written into the served "
                                        "repository (durable); without it the files are uploaded through Triton's "
                                        "load API, which keeps them in a temporary directory: after a server restart "
                                        "the repository's latest gallery serves again.")
-    index.add_argument("directory", type=Path)
+    index.add_argument("directory", type=Path, metavar="DIRECTORY",
+                       help=f"folder searched recursively for {', '.join(VIDEO_SUFFIXES)} files; a video's id is "
+                            f"its path below it, without the suffix")
     index.add_argument("--repository", type=Path,
-                       help="the served repository on this machine: the version is written there (durable)")
+                       help="the served repository on this machine (as given to `prost serve --repository`): the "
+                            "version is written there (durable), and its key file is read")
     index.add_argument("--similarity-onnx", type=Path,
                        help="needed to upload the gallery without --repository: prost_gallery/<N>/similarity.onnx "
                             "of the built repository (the export's similarity.onnx works, several times slower); an "
                             "upload is NOT durable: lost when the server restarts")
-    index.add_argument("--batch-size", type=int, default=4, help="videos per encode request")
+    index.add_argument("--batch-size", type=int, default=4, help="videos per encode request (default: 4)")
     index.add_argument("--keep-versions", type=int, default=3,
-                       help="with --repository: gallery versions kept on disk, the new one included (default 3)")
+                       help="with --repository: gallery versions kept on disk, the new one included (default: 3)")
     index.add_argument("--strict", action="store_true",
                        help="stop at the first video the client cannot read or the server refuses (undecodable, over "
                             "its size or frame limits); default: leave it out, list it, and exit with status 3")
-    index.add_argument("--no-progress", action="store_true")
+    index.add_argument("--no-progress", action="store_true", help="no progress bar")
     index.set_defaults(func=_index)
 
-    score = sub.add_parser("score", help="S = S_es + beta * S_op of texts against video files")
-    score.add_argument("--text", action="append", required=True, help="repeatable")
-    score.add_argument("--video", action="append", required=True, type=Path, help="repeatable")
-    score.add_argument("--beta", type=float, help="default: the exported model's beta")
-    score.add_argument("--json", action="store_true")
+    score = sub.add_parser("score", parents=[common], help="S = S_es + beta * S_op of texts against video files",
+                           description="Score every text against every video file: S = S_es + beta * S_op, one "
+                                       "line per pair.")
+    score.add_argument("--text", action="append", required=True, help="a text; repeat for several")
+    score.add_argument("--video", action="append", required=True, type=Path, help="a video file; repeat for several")
+    score.add_argument("--beta", type=float, help="weight of S_op (default: the exported model's beta)")
+    score.add_argument("--json", action="store_true", help="print JSON instead of lines")
     score.set_defaults(func=_score)
     return parser
 
@@ -85,8 +109,10 @@ def _search(client: ProstClient, args: argparse.Namespace) -> int:
         return 0
     for text, hits in zip(args.texts, results):
         print(f"{text!r}: {len(hits)} result(s)")
+        if hits:
+            print(f"  {'rank':>4}  {'score':>8}  video  [best frame of each phrase prototype]")
         for rank, hit in enumerate(hits, 1):
-            print(f"  {rank:3d}. {hit.score:8.4f}  {hit.video_id}  frames {list(hit.matched_frames)}")
+            print(f"  {rank:4d}  {hit.score:8.4f}  {hit.video_id}  {list(hit.matched_frames)}")
     return 0
 
 

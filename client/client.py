@@ -26,7 +26,8 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from prost_client import gallery_format as F, protocol as P, wire
-from prost_client.errors import ClientError, InvalidRequestError, NotFoundError, UnavailableError, from_triton
+from prost_client.errors import ClientError, InvalidRequestError, NotFoundError, PermissionDeniedError, UnavailableError
+from prost_client.errors import from_triton
 from prost_client.protocol import REPOSITORY_KEY_HEADER
 from prost_client.wire import SearchHit, VideoSource
 
@@ -72,8 +73,11 @@ class _Base:
             text_batch_size, video_batch_size: items per request, lowered to the served max_batch_size (read from
                 the server once) when larger.
         """
+        if "://" in url or "/" in url:
+            raise ClientError(f"the server URL is host:port, without a scheme or path (e.g. 127.0.0.1:8001); got "
+                              f"{url!r}")
         self.url, self.timeout, self.load_timeout = url, timeout, load_timeout
-        self.repository_key = repository_key
+        self.repository_key = repository_key or None  # an empty PROST_REPOSITORY_KEY is no key
         self.text_batch_size, self.video_batch_size = text_batch_size, video_batch_size
         self._served_batch: tuple[int, int] | None = None  # (texts, videos) max_batch_size; None: not read yet
         self._channel_args = wire.channel_args(retries)
@@ -282,6 +286,7 @@ class _Base:
         wire.check_keep_versions(keep_versions)  # before encoding, like every argument check
         if repository is None:
             wire.upload_files(0, {}, similarity_onnx)  # fail before encoding when the graph is missing
+        yield from self._check_publish_target(repository)
         encoder = yield from self._video_encoder()
         objects, events, kept = yield from self._encode_videos(videos, batch_size, progress, on_invalid)
         if videos and not kept:
@@ -293,6 +298,39 @@ class _Base:
         return (yield from self._publish_prototypes(ids, objects, events, repository, similarity_onnx, keep_versions,
                                                     encoder))
 
+    def _check_publish_target(self, repository: Path | None) -> Plan:
+        """Before any work: the repository key opens the server's model-repository endpoints (from `repository`'s
+        key file when none was given), and `repository`, when given, is the one the server serves."""
+        if repository is not None:
+            repository = Path(repository)
+            if not (repository / P.GALLERY_MODEL).is_dir():
+                raise ClientError(f"{repository} is not a model repository (no {P.GALLERY_MODEL} folder); pass the "
+                                  f"repository the server was started on (`prost serve --repository DIR`)")
+            if self.repository_key is None:
+                self.repository_key = _local_storage().read_key(repository)
+        try:
+            yield from self._gallery_states()
+        except PermissionDeniedError:
+            if self.repository_key is None:
+                raise PermissionDeniedError(
+                    f"the server at {self.url} restricts publishing to holders of its repository key, and none was "
+                    f"given: pass --repository-key (or set PROST_REPOSITORY_KEY), or --repository DIR on the "
+                    f"server's machine, where `prost serve` wrote it") from None
+            raise PermissionDeniedError(
+                f"the server at {self.url} refused the repository key given (--repository-key, PROST_REPOSITORY_KEY "
+                f"or the repository's key file): it is not the key of that server's `prost serve`") from None
+        if repository is None:
+            return
+        config = yield self._call("get_model_config", P.GALLERY_MODEL, model_name=P.GALLERY_MODEL, as_json=True)
+        served = (config["config"].get("parameters") or {}).get(P.REPOSITORY_ID_PARAM, {}).get("string_value")
+        storage = _local_storage()
+        with _storage_errors(storage):
+            local = storage.read_manifest(repository).get("id")
+        if served and served != local:
+            raise ClientError(f"{repository} is not the repository the server at {self.url} serves (repository id "
+                              f"{local or 'missing'}, served {served}); pass the folder given to `prost serve "
+                              f"--repository`")
+
     def _video_encoder(self) -> Plan:
         """The sha256 of the served video encoder's graph, from prost_video's config."""
         config = yield self._call("get_model_config", P.VIDEO_MODEL, model_name=P.VIDEO_MODEL, as_json=True)
@@ -301,6 +339,7 @@ class _Base:
     def _publish_prototypes(self, video_ids, objects, events, repository, similarity_onnx, keep_versions,
                             video_encoder) -> Plan:
         wire.check_keep_versions(keep_versions)
+        yield from self._check_publish_target(repository)
         if video_encoder is None:
             video_encoder = yield from self._video_encoder()
         files = F.gallery_files(video_ids, objects, events, video_encoder=video_encoder)
@@ -354,6 +393,7 @@ class _Base:
         ready = yield self._call("is_model_ready", P.GALLERY_MODEL, model_name=P.GALLERY_MODEL,
                                  model_version=str(version))
         if not ready:
+            _unstage(repository, version)
             raise ClientError(f"{P.GALLERY_MODEL} version {version} was loaded but is not ready; see the server log")
 
     def _settle(self, version: int) -> Plan:
@@ -450,7 +490,7 @@ class ProstClient(_Base):
         try:
             return getattr(self._triton, step.method)(**step.kwargs)
         except InferenceServerException as exc:
-            raise from_triton(exc, step.context) from None
+            raise from_triton(exc, step.context, self.url) from None
 
 
 class AsyncProstClient(_Base):
@@ -490,4 +530,4 @@ class AsyncProstClient(_Base):
         try:
             return await getattr(self._triton, step.method)(**step.kwargs)
         except InferenceServerException as exc:
-            raise from_triton(exc, step.context) from None
+            raise from_triton(exc, step.context, self.url) from None

@@ -45,8 +45,12 @@ _BY_STATUS = {
 }
 
 
-def from_triton(exc: Exception, context: str = "") -> ClientError:
-    """Translate a tritonclient InferenceServerException (or grpc.RpcError) into a ClientError."""
+_NO_SERVER = ("failed to connect to all addresses", "Connection refused")
+
+
+def from_triton(exc: Exception, context: str = "", url: str = "") -> ClientError:
+    """Translate a tritonclient InferenceServerException (or grpc.RpcError) into a ClientError; `url` is the
+    server's, named when nothing listens there."""
     status = exc.status() if callable(getattr(exc, "status", None)) else None
     if status is None and callable(getattr(exc, "code", None)):  # a raw grpc.RpcError
         status = str(exc.code())
@@ -54,9 +58,13 @@ def from_triton(exc: Exception, context: str = "") -> ClientError:
     message = exc.message() if callable(getattr(exc, "message", None)) else str(exc)
     message = message or str(exc)
     # Triton answers a restricted protocol without its header with UNAVAILABLE; it is a permission problem.
+    if status == "UNAVAILABLE" and any(text in message for text in _NO_SERVER):
+        return UnavailableError(f"no server at {url or 'that address'}; start one with `prost serve --repository "
+                                f"REPOSITORY` or pass --url (PROST_URL) [{message}]", status)
     if status == "UNAVAILABLE" and "protocol is restricted" in message:
         cls: type[ClientError] = PermissionDeniedError
-        message += " (pass the server's repository key: ProstClient(repository_key=...) or PROST_REPOSITORY_KEY)"
+        message += (" (pass the server's repository key: --repository-key, PROST_REPOSITORY_KEY or "
+                    "ProstClient(repository_key=...))")
     elif "Deadline Exceeded" in message:
         cls = DeadlineError
     else:

@@ -47,6 +47,10 @@ BETA_PARAM = "BETA"
 # A gallery loads only under the encoder that produced it.
 VIDEO_ENCODER_PARAM = "VIDEO_ENCODER_SHA256"
 
+# prost_gallery: the id of the repository it was built into (its manifest.json "id"), so a client publishing into a
+# local repository can check that the server serves that repository.
+REPOSITORY_ID_PARAM = "REPOSITORY_ID"
+
 # Header of the restricted model-repository protocol; the server runs with
 # --grpc-restricted-protocol=model-repository:<REPOSITORY_KEY_HEADER>=<key> (Triton prefixes gRPC headers).
 REPOSITORY_KEY_HEADER = "prost-repository-key"

@@ -45,7 +45,13 @@ def read_manifest(export_dir: str | Path) -> dict:
     path = Path(export_dir) / MANIFEST
     if not path.is_file():
         raise ExportError(f"{export_dir} is not an export directory (no {MANIFEST}); run `prost export` first")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportError(f"cannot read {path} ({exc}); run `prost export` again") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or "config" not in manifest:
+        raise ExportError(f"{path} is not an export manifest; run `prost export` again")
+    return manifest
 
 
 def checkpoint_sha256(path: Path) -> str:

@@ -18,6 +18,7 @@ from torch import nn
 
 from prost.checkpoint import load_model
 from prost.errors import ExportError
+from prost.fileio import check_writable
 from prost.model.prost import ProstModel
 from prost_export.graphs import EncoderGraph, SimilarityGraph, example_inputs
 from prost_export.manifest import MANIFEST, OPSET, write_manifest
@@ -104,7 +105,9 @@ def export_onnx(model: ProstModel, out_dir: str | Path, *, checkpoint: str | Pat
     of `parity_batches`; the export fails with a report of the worst tensor, and writes the manifest only after the
     gate passed.
     """
-    out = Path(out_dir)
+    out = check_writable(out_dir, folder=True)
+    if (out / MANIFEST).is_file():
+        log.warning("%s holds an export; overwriting it", out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # a directory without a manifest is not a (valid) export
     model = model.eval()

@@ -268,9 +268,11 @@ def check_engine_retrieval(export_dir: Path, config: ProstConfig, engines: dict,
 def register_cli(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("build-engines", help="build TensorRT engines from an export directory (GPU)")
     parser.add_argument("--export", required=True, help="directory written by `prost export`")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp16")
-    parser.add_argument("--opt-batch", type=int, default=8)
-    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp16",
+                        help="engine precision; fp16 keeps LayerNorm, softmax and reductions in fp32")
+    parser.add_argument("--opt-batch", type=int, default=8, help="batch the optimisation profile is tuned for")
+    parser.add_argument("--max-batch", type=int, default=32,
+                        help="largest batch of the profile (at least the repository's --max-batch-size)")
     parser.add_argument("--timing-cache", type=Path, help="timing cache file (default: EXPORT/timing.sm<cc>.cache)")
     parser.add_argument("--data", type=Path, help="dataset whose test split gates retrieval (R@K) parity")
     parser.set_defaults(func=_build_cmd)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from prost.errors import RepositoryError
 from prost_client.protocol import REPOSITORY_KEY_HEADER
+from prost_model_repository import storage
 from prost_model_repository.watchdog import StubWatchdog
 
 log = logging.getLogger(__name__)
@@ -109,12 +110,31 @@ def python_backend_dir(wheel_root: Path, target: Path) -> Path:
     return target
 
 
-def write_key_file(path: Path, key: str) -> None:
-    """Write the repository key readable by its owner only (also when the file existed with another mode)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(fd, 0o600)
-        f.write(key + "\n")
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a TCP server could listen on host:port now (Triton would fail to start otherwise)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Triton's listeners do
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def check_repository(path: Path) -> None:
+    """Refuse a folder that is not a repository written by `prost repository build`, naming what it is instead."""
+    if not path.is_dir():
+        raise RepositoryError(f"model repository {path} does not exist; build one with `prost repository build "
+                              f"--export EXPORT --out {path}`")
+    manifest = storage.read_manifest(path)
+    if manifest.get("format") == storage.REPOSITORY_FORMAT and manifest.get("models"):
+        return
+    if str(manifest.get("format", "")).startswith("prost-serve-export"):
+        raise RepositoryError(f"{path} is an export directory, not a model repository; build one from it with "
+                              f"`prost repository build --export {path} --out REPOSITORY`")
+    raise RepositoryError(f"{path} is not a model repository built by `prost repository build` (no "
+                          f"{storage.MANIFEST_FILE} listing its models); build one with `prost repository build "
+                          f"--export EXPORT --out {path}`")
 
 
 def _kill_group(pgid: int) -> None:
@@ -142,9 +162,12 @@ class TritonServer:
             grace: seconds between SIGINT and SIGKILL when stopping (Triton's exit timeout is grace - 5, min 1).
         """
         self.repository = Path(repository).resolve()
-        if not self.repository.is_dir():
-            raise RepositoryError(f"model repository {self.repository} does not exist; run `prost repository build`")
+        check_repository(self.repository)
         self.host, self.grpc_port, self.http_port, self.metrics_port = host, grpc_port, http_port, metrics_port
+        for name, port, flag in (("gRPC", grpc_port, "--grpc-port"), ("HTTP", http_port, "--http-port"),
+                                 ("metrics", metrics_port, "--metrics-port")):
+            if not port_is_free(host, port):
+                raise RepositoryError(f"port {port} is in use ({name}); pick another with {flag}")
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="prost-triton-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.log_dir / "tritonserver.log"
@@ -363,15 +386,17 @@ class TritonServer:
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("serve", help="run Triton on a model repository")
-    parser.add_argument("--repository", required=True, type=Path)
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--repository", required=True, type=Path,
+                        help="model repository written by `prost repository build`")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC endpoint (clients: --url HOST:PORT)")
+    parser.add_argument("--http-port", type=int, default=8000, help="HTTP endpoint (health, repository control)")
+    parser.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics endpoint")
     parser.add_argument("--host", default="127.0.0.1", help="address of all endpoints (default 127.0.0.1)")
     parser.add_argument("--log-dir", type=Path, help="server log and backend directory (default: a temp dir)")
     parser.add_argument("--repository-key", default=os.environ.get("PROST_REPOSITORY_KEY"),
                         help="key for model load/unload (default: $PROST_REPOSITORY_KEY, else generated)")
-    parser.add_argument("--ready-timeout", type=float, default=300.0)
+    parser.add_argument("--ready-timeout", type=float, default=300.0,
+                        help="seconds to wait for every model to load before giving up")
     parser.add_argument("--grace", type=float, default=30.0, help="seconds from SIGINT to SIGKILL when stopping")
     parser.add_argument("--stub-watchdog", type=float, default=2.0, metavar="SECONDS",
                         help="how often to look for dead python-backend stubs and reload their models (0: never; "
@@ -390,11 +415,16 @@ def _serve_cmd(args: argparse.Namespace) -> int:
         except StopRequested:
             print(f"stopped during startup; logs: {server.log_path}", file=sys.stderr)
             return 0
-        key_file = server.log_dir / "repository.key"
-        write_key_file(key_file, server.repository_key)
+        # prost-client index --repository reads it there; a read-only repository keeps it beside the logs
+        key_file = storage.write_key(server.repository, server.repository_key) or storage.write_key(
+            server.log_dir, server.repository_key)
         print(f"ready in {server.startup_seconds:.1f} s: gRPC {server.url}, HTTP {server.http_url}, metrics "
               f"{server._connect_host}:{server.metrics_port}\nrepository key (for load/unload, e.g. prost-client "
               f"index): {key_file}\nlogs: {server.log_path}", file=sys.stderr, flush=True)
-        status = server.serve_forever(watchdog_interval=args.stub_watchdog)
+        try:
+            status = server.serve_forever(watchdog_interval=args.stub_watchdog)
+        finally:
+            if key_file and storage.read_key(key_file.parent) == server.repository_key:
+                key_file.unlink(missing_ok=True)  # another server may have written its own key since
     print(f"tritonserver exited with status {status}; logs: {server.log_path}", file=sys.stderr)
     return 0 if status in (0, -signal.SIGINT, -signal.SIGTERM) else 1

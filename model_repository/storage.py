@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -24,7 +25,9 @@ from prost.fileio import fsync_path, sha256_file, write_json_atomic
 from prost_client.gallery_format import MODEL_FILE, SIMILARITY_FILE, versions
 
 MANIFEST_FILE = "manifest.json"
+REPOSITORY_FORMAT = "prost-serve-repository/1"  # the manifest's "format"
 LOCK_FILE = ".lock"  # Triton ignores names that are not numeric version directories
+KEY_FILE = ".repository-key"  # written by `prost serve` (mode 0600): the key a local publisher sends
 LOCK_TIMEOUT = 600.0  # seconds a writer waits for another one (a publisher holds it through a gallery load)
 
 
@@ -196,3 +199,30 @@ def write_manifest(repository: Path, manifest: dict, *, locked: bool = False) ->
             write_json_atomic(path, manifest, sort_keys=True)
         except OSError as exc:
             raise RepositoryError(f"cannot write {path}: {exc}") from exc
+
+
+def repository_id(manifest: dict) -> str:
+    """The repository's id from its manifest, or a new one (a repository keeps its id across rebuilds)."""
+    return str(manifest.get("id") or secrets.token_hex(8))
+
+
+def write_key(repository: Path, key: str) -> Path | None:
+    """Write the server's repository key into `<repository>/.repository-key`, readable by its owner only; None when
+    the repository is not writable."""
+    path = Path(repository) / KEY_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return None
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)  # also when the file existed with another mode
+        f.write(key + "\n")
+    return path
+
+
+def read_key(repository: Path) -> str | None:
+    """The key `prost serve` wrote into the repository, or None."""
+    try:
+        return (Path(repository) / KEY_FILE).read_text().strip() or None
+    except OSError:
+        return None

@@ -38,7 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
@@ -48,7 +48,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from prost.config import ProstConfig
 from prost.errors import ProstError, RepositoryError
-from prost.fileio import sha256_file, write_atomic
+from prost.fileio import check_writable, sha256_file, write_atomic
 from prost.model.similarity import DEFAULT_BLOCK_ELEMENTS
 from prost_client import gallery_format as G, protocol as P
 from prost_export.manifest import read_manifest
@@ -61,7 +61,6 @@ from prost_model_repository.graph_rewrite import with_float16_inputs
 log = logging.getLogger(__name__)
 
 VARIANTS = ("cpu", "onnxruntime", "tensorrt")
-REPOSITORY_FORMAT = "prost-serve-repository/1"
 _GRAPHS = {P.TEXT_MODEL: "text_prototypes", P.VIDEO_MODEL: "video_prototypes", P.SIMILARITY_MODEL: "similarity"}
 FP16_HELP = ("onnxruntime variant: FP16 TensorRT accelerator. Only LayerNorm is pinned to FP32 "
              "(trt_layer_norm_fp32_fallback); softmax and reductions run in FP16 and the engine, built on the "
@@ -69,22 +68,28 @@ FP16_HELP = ("onnxruntime variant: FP16 TensorRT accelerator. Only LayerNorm is 
              "which keeps them in FP32 and gates the engines.")
 
 
+def _option(default, help: str):
+    """A RepositoryOptions field; `help` is its `prost repository build` flag's help."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class RepositoryOptions:
     """Serving knobs; the architecture always comes from the export's config."""
 
-    variant: str = "cpu"
-    max_batch_size: int = 32  # texts per batch: tokenizer, text encoder, gallery, text ensembles
-    max_video_batch_size: int = 8  # videos per batch: decoder, video encoder, prost_encode_video
-    instances: int = 1  # instances of each compute model (the gallery always has one: it holds the gallery)
-    queue_delay_us: int = 500  # dynamic batcher delay
-    fp16: bool = False  # onnxruntime variant: TensorRT accelerator precision (see FP16_HELP)
-    trt_cache_dir: str = "/tmp/prost-trt-cache"  # onnxruntime variant: engine and timing cache on the server
-    intra_op_threads: int = 0  # ONNX Runtime threads in python models (0 = ORT default)
-    max_top_k: int = 1000
-    max_video_bytes: int = 256 << 20  # larger VIDEO inputs are refused before decoding
-    max_source_frames: int = 20000  # clips listing more frames are refused before decoding
-    tensorrt_version: str = ""  # tensorrt variant: the serving Triton's TensorRT; plans built with another are refused
+    variant: str = _option("cpu", "see --variant")
+    max_batch_size: int = _option(32, 'texts per batch: tokenizer, text encoder, gallery, text ensembles')
+    max_video_batch_size: int = _option(8, 'videos per batch: decoder, video encoder, prost_encode_video')
+    instances: int = _option(1, 'instances of each compute model (the gallery always has one: it holds the gallery)')
+    queue_delay_us: int = _option(500, 'dynamic batcher delay')
+    fp16: bool = _option(False, 'onnxruntime variant: TensorRT accelerator precision')
+    trt_cache_dir: str = _option("/tmp/prost-trt-cache", 'onnxruntime variant: engine and timing cache on the server')
+    intra_op_threads: int = _option(0, 'ONNX Runtime threads in python models (0 = ORT default)')
+    max_top_k: int = _option(1000, 'largest TOP_K a search may ask for')
+    max_video_bytes: int = _option(256 << 20, 'larger VIDEO inputs are refused before decoding')
+    max_source_frames: int = _option(20000, 'clips listing more frames are refused before decoding')
+    tensorrt_version: str = _option("", "tensorrt variant: the serving Triton's TensorRT version; plans built "
+                                        "with another are refused")
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -104,11 +109,15 @@ def write_repository(export_dir: str | Path, out: str | Path, variant: str = "cp
     `options` are the RepositoryOptions fields (max_batch_size=..., fp16=..., ...).
     """
     options = RepositoryOptions(variant=variant, **options)
-    export_dir, out = Path(export_dir), Path(out)
+    export_dir, out = Path(export_dir), check_writable(out, folder=True)
     manifest = _read_export(export_dir)
     config = ProstConfig.from_dict(manifest["config"])
-    out.mkdir(parents=True, exist_ok=True)
-    models = build_models(export_dir, manifest, config, options)
+    repository = storage.repository_id(_previous_manifest(out))
+    models = build_models(export_dir, manifest, config, options, repository)  # refuses before anything is written
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RepositoryError(f"cannot create the repository {out}: {exc.strerror or exc}") from None
     with storage.DirectoryLock(out):
         try:
             storage.read_manifest(out)
@@ -129,16 +138,31 @@ def write_repository(export_dir: str | Path, out: str | Path, variant: str = "cp
             raise RepositoryError(f"{out / storage.MANIFEST_FILE} lost the entries of {', '.join(lost)} while this "
                                   f"build ran (another `prost repository build`?); run the build again")
         storage.write_manifest(out, {
-            "format": REPOSITORY_FORMAT, "variant": variant,
+            "format": storage.REPOSITORY_FORMAT, "id": repository, "variant": variant,
             "export": {"path": str(export_dir.resolve()), "config": manifest["config"],
                        "files": {k: v["sha256"] for k, v in manifest["files"].items()}},
             "models": {name: listed[name] for name in sorted(models)}}, locked=True)
     return out
 
 
-def build_models(export_dir: Path, manifest: dict, config: ProstConfig,
-                 options: RepositoryOptions) -> dict[str, ModelSpec]:
-    """Every model of the repository, keyed by name (configs and version-directory files, no gallery data)."""
+def _previous_manifest(out: Path) -> dict:
+    """The manifest of the repository being updated ({} for a new or empty folder, or a damaged manifest, which the
+    build rewrites); refuses a folder that holds something else, so model folders never mix into it."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return {}
+    if not (out / storage.MANIFEST_FILE).is_file():
+        raise RepositoryError(f"--out {out} is not empty and is not a model repository (no {storage.MANIFEST_FILE}); "
+                              f"pick a new or empty folder, or a repository built before")
+    try:
+        return storage.read_manifest(out)
+    except RepositoryError:  # the build rewrites it; the id survives in the gallery's config
+        return {"id": _gallery_parameter(out / P.GALLERY_MODEL, P.REPOSITORY_ID_PARAM)}
+
+
+def build_models(export_dir: Path, manifest: dict, config: ProstConfig, options: RepositoryOptions,
+                 repository: str) -> dict[str, ModelSpec]:
+    """Every model of the repository `repository` (its id), keyed by name (configs and version-directory files, no
+    gallery data)."""
     specs = graph_specs(config)
     source = resources.files("prost_model_repository")
     py = {name: Path(str(source / name / "model.py"))
@@ -159,7 +183,7 @@ def build_models(export_dir: Path, manifest: dict, config: ProstConfig,
              K.SAMPLE_FPS: "none" if config.sample_fps is None else repr(float(config.sample_fps)),
              K.MAX_VIDEO_BYTES: options.max_video_bytes, K.MAX_SOURCE_FRAMES: options.max_source_frames}),
             {"model.py": py["video_decode"]}),
-        P.GALLERY_MODEL: _gallery_model(export_dir, specs, beta, options, video_sha, py["gallery"]),
+        P.GALLERY_MODEL: _gallery_model(export_dir, specs, beta, options, video_sha, repository, py["gallery"]),
     }
     for name, graph in _GRAPHS.items():
         batch = {P.TEXT_MODEL: mbs, P.VIDEO_MODEL: vbs, P.SIMILARITY_MODEL: 0}[name]
@@ -309,7 +333,7 @@ def _plan_files(export_dir: Path, manifest: dict, spec: GraphSpec, model: mc.Mod
 
 
 def _gallery_model(export_dir: Path, specs: dict[str, GraphSpec], beta: str, options: RepositoryOptions,
-                   video_sha: str, source: Path) -> ModelSpec:
+                   video_sha: str, repository: str, source: Path) -> ModelSpec:
     phrases, sentence = specs["text_prototypes"].outputs
     model = _python(P.GALLERY_MODEL, options.max_batch_size, 1, options,
                     [spec_tensor(phrases, batched=True), spec_tensor(sentence, batched=True),
@@ -317,7 +341,7 @@ def _gallery_model(export_dir: Path, specs: dict[str, GraphSpec], beta: str, opt
                     search_results(specs),
                     {P.BETA_PARAM: beta, K.DEFAULT_TOP_K: P.DEFAULT_TOP_K, K.MAX_TOP_K: options.max_top_k,
                      K.BLOCK_ELEMENTS: DEFAULT_BLOCK_ELEMENTS, K.INTRA_OP_THREADS: options.intra_op_threads,
-                     P.VIDEO_ENCODER_PARAM: video_sha})
+                     P.VIDEO_ENCODER_PARAM: video_sha, P.REPOSITORY_ID_PARAM: repository})
     model.response_cache.enable = True  # keyed by version: every published gallery is a new version
     graph = with_float16_inputs(export_dir / specs["similarity"].onnx_file, (P.OBJECT_PROTOTYPES, P.EVENT_PROTOTYPES))
     return ModelSpec(model, {G.MODEL_FILE: source, G.SIMILARITY_FILE: graph})
@@ -333,7 +357,7 @@ def _gallery_data(out: Path, model: mc.ModelConfig, specs: dict[str, GraphSpec])
         latest = model_dir / str(existing[-1])
         try:
             stamp = G.safetensors_metadata(latest / G.TENSORS_FILE).get(G.ENCODER_STAMP)
-            if stamp is None and _legacy_encoder(model_dir) == encoder:  # written before galleries were stamped
+            if stamp is None and _gallery_parameter(model_dir, P.VIDEO_ENCODER_PARAM) == encoder:  # written before galleries were stamped
                 return _stamp_gallery(latest, encoder)
             if stamp == encoder:
                 return {f: (latest / f).read_bytes() for f in (G.TENSORS_FILE, G.IDS_FILE)}
@@ -347,14 +371,14 @@ def _gallery_data(out: Path, model: mc.ModelConfig, specs: dict[str, GraphSpec])
                            np.zeros((0, *events.shape[1:]), np.float32), video_encoder=encoder)
 
 
-def _legacy_encoder(model_dir: Path) -> str:
-    """The video encoder named by the gallery's current config.pbtxt ("" without one)."""
+def _gallery_parameter(model_dir: Path, key: str) -> str:
+    """A parameter of the gallery's current config.pbtxt ("" without one)."""
     config_path = model_dir / "config.pbtxt"
     try:
         config = text_format.Parse(config_path.read_text(), mc.ModelConfig())
     except (OSError, text_format.ParseError):
         return ""
-    return config.parameters[P.VIDEO_ENCODER_PARAM].string_value
+    return config.parameters[key].string_value
 
 
 def _stamp_gallery(version_dir: Path, encoder: str) -> dict[str, bytes]:
@@ -419,13 +443,15 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     build = verbs.add_parser("build", help="write or update a versioned Triton repository from an export")
     build.add_argument("--export", required=True, type=Path, help="directory written by `prost export`")
     build.add_argument("--out", required=True, type=Path, help="repository directory (created or updated)")
-    build.add_argument("--variant", choices=VARIANTS, default="cpu")
+    build.add_argument("--variant", choices=VARIANTS, default="cpu",
+                       help="how the three graphs run: cpu (ONNX Runtime in python models), onnxruntime (Triton's ORT "
+                            "backend with the TensorRT accelerator, GPU), tensorrt (plans from `prost build-engines`)")
     defaults = RepositoryOptions()
     for option in fields(RepositoryOptions):
         if option.name not in ("variant", "fp16", "tensorrt_version"):
             value = getattr(defaults, option.name)
             build.add_argument(f"--{option.name.replace('_', '-')}", dest=option.name, type=type(value),
-                               default=value, help=f"default {value}")
+                               default=value, help=option.metadata["help"])
     build.add_argument("--fp16", action="store_true", help=FP16_HELP)
     build.add_argument("--tensorrt-version", default="", help="tensorrt variant: the serving Triton's TensorRT version "
                        "(e.g. 10.16.1.11); plans built with another are refused (default: not checked)")

@@ -15,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from prost.config import ProstConfig
@@ -62,9 +63,19 @@ def load_model(path: str | Path, *, preset: str | None = None, max_words: int | 
         beta: weight of S_op in S = S_es + beta * S_op.
     """
     path = Path(path)
+    if path.suffix == ".safetensors":  # our weights file: its config is beside it, never guessed
+        if path.name != WEIGHTS_FILE or not (path.parent / CONFIG_FILE).is_file():
+            raise CheckpointError(f"{path} is a weights file without {CONFIG_FILE} beside it; pass our checkpoint "
+                                  f"directory ({WEIGHTS_FILE} + {CONFIG_FILE}), e.g. the run directory")
+        log.info("loading the checkpoint directory %s of %s", path.parent, path.name)
+        path = path.parent
     if (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
         config = ProstConfig.load(path / CONFIG_FILE)
-        state = load_file(str(path / WEIGHTS_FILE))
+        try:
+            state = load_file(str(path / WEIGHTS_FILE))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"cannot read {path / WEIGHTS_FILE}: {exc} (truncated or not a safetensors "
+                                  f"file?)") from None
     else:
         state, hints = read_foreign(path)
         hinted_preset = hints.pop("preset", None)
@@ -93,7 +104,9 @@ def read_foreign(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or pickled-code files
-        raise CheckpointError(f"cannot read {path} as a weights-only PyTorch file: {exc}") from exc
+        # torch's own text advises weights_only=False, which runs any code the file holds: not for unknown files
+        raise CheckpointError(f"cannot read {path}: not a weights-only PyTorch file (damaged, not PyTorch, or it "
+                              f"would run code to load; {type(exc).__name__})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -222,7 +235,8 @@ def load_clip_weights(model: ProstModel, path: str | Path) -> None:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle, zip and weights_only errors have no common base
-            raise CheckpointError(f"{path} is neither a TorchScript CLIP archive nor a state dict: {exc}") from exc
+            raise CheckpointError(f"{path} is neither a TorchScript CLIP archive nor a state dict that loads "
+                                  f"without running code ({type(exc).__name__})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a CLIP state dict")
     clip_state = {f"clip.{k}": v for k, v in state.items() if k not in ("input_resolution", "context_length", "vocab_size")}

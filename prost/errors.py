@@ -5,6 +5,10 @@ class ProstError(Exception):
     """Base of every error this project raises on purpose."""
 
 
+class PathError(ProstError):
+    """An input or output path cannot be used (missing, a file where a folder is needed, not writable)."""
+
+
 class ConfigError(ProstError):
     """A configuration value or preset is invalid."""
 

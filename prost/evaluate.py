@@ -20,6 +20,7 @@ import torch
 from prost.checkpoint import TRAIN_CONFIG_FILE, load_model
 from prost.data.datasets import ClipDataset, ClipLoader, load_split
 from prost.errors import ConfigError, DataError
+from prost.fileio import check_writable, write_json_atomic
 from prost.loss import ranking_mode
 from prost.metrics import format_table, hungarian_r1, retrieval_metrics
 from prost.model.prost import ProstModel, TextPrototypes, VideoPrototypes
@@ -199,6 +200,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.out:
+        check_writable(args.out, folder=False)  # before the work: the results would be lost at the end
     model = load_model(args.checkpoint, device=args.device)
     items = load_split(args.data, args.split, layout=args.layout)
     mode = trained_mode(Path(args.checkpoint)) if args.mode == "auto" else args.mode
@@ -208,6 +211,6 @@ def _run(args: argparse.Namespace) -> int:
     print(report(result))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_json_atomic(args.out, result)
         print(f"wrote {args.out}")
     return 0

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from prost.errors import PathError
+
 
 def fsync_path(path: Path) -> None:
     """Flush a file or a directory entry to disk."""
@@ -55,3 +57,17 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_writable(path: str | Path, *, folder: bool, flag: str = "--out") -> Path:
+    """Refuse, before any work and without creating anything, an output that cannot be written: a file where a folder
+    is needed (or the reverse), a parent that is a file, or a location without write permission."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise PathError(f"{flag} {path} is a {'file' if folder else 'folder'}; pass a {'folder' if folder else 'file'}")
+    existing = path if path.exists() else next(p for p in path.absolute().parents if p.exists())
+    if not existing.is_dir():
+        raise PathError(f"{flag} {path}: {existing} is a file, so nothing can be created under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PathError(f"{flag} {path}: {existing} is not writable")
+    return path

@@ -373,6 +373,7 @@ def test_prost_serve_stops_cleanly_on_sigterm(model_repository, tmp_path):
     repo = tmp_path / "serve-repo"
     repo.mkdir()
     shutil.copytree(model_repository / P.TOKENIZER_MODEL, repo / P.TOKENIZER_MODEL)
+    shutil.copy(model_repository / storage.MANIFEST_FILE, repo)  # a built repository (prost serve refuses others)
     for when in ("startup", "ready"):
         ports = free_ports(3)
         err = tmp_path / f"{when}.err"
@@ -385,12 +386,13 @@ def test_prost_serve_stops_cleanly_on_sigterm(model_repository, tmp_path):
             wait_for(lambda: processes_using(repo), proc, err)
         else:
             wait_for(lambda: "ready in" in err.read_text(), proc, err)
+            assert oct((repo / storage.KEY_FILE).stat().st_mode & 0o777) == "0o600"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, err.read_text()
         wait_for(lambda: not processes_using(repo), None, err)
         expected = "stopped during startup" if when == "startup" else "tritonserver exited with status"
         assert expected in err.read_text()
-    assert oct((tmp_path / "ready" / "repository.key").stat().st_mode & 0o777) == "0o600"
+    assert not (repo / storage.KEY_FILE).exists()  # removed when the server stops
 
 
 def test_prost_serve_reloads_a_model_whose_stub_was_killed(model_repository, tmp_path):
@@ -414,7 +416,7 @@ def test_prost_serve_reloads_a_model_whose_stub_was_killed(model_repository, tmp
                                 stderr=stderr)
     try:
         wait_for(lambda: "ready in" in err.read_text(), proc, err)
-        key = (tmp_path / "logs" / "repository.key").read_text().strip()
+        key = (repo / storage.KEY_FILE).read_text().strip()
         with ProstClient(f"127.0.0.1:{ports[0]}", timeout=60, repository_key=key) as c:
             assert c.search("a red circle", top_k=3)
             server_pid = int(next(p for p in processes_using(repo) if "tritonserver " in p).split(":")[0])

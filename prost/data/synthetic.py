@@ -50,6 +50,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from prost.errors import ConfigError
+from prost.fileio import check_writable
 
 logger = logging.getLogger(__name__)
 
@@ -320,5 +321,6 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    check_writable(args.out, folder=True)
     generate(args.out, args.videos, args.seed, workers=args.workers, progress=True)
     return 0
