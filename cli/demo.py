@@ -32,6 +32,7 @@ from prost.errors import ProstError
 from prost.train import STATE_FILE
 from prost_client.client import ProstClient
 from prost_client.wire import SearchHit
+from prost_export.manifest import read_manifest
 from prost_model_repository.server import TritonServer, free_ports
 
 log = logging.getLogger("prost_cli.demo")
@@ -73,7 +74,7 @@ def run(workdir: Path, videos: int, train_minutes: float) -> None:
         _check(prost(["export", "--checkpoint", str(run_dir), "--out", str(export), "--data", str(data)]))
     with step("Triton model repository (cpu variant)"):
         _check(prost(["repository", "build", "--export", str(export), "--out", str(repo), "--variant", "cpu"]))
-    config = ProstConfig.from_dict(json.loads((export / "manifest.json").read_text())["config"])
+    config = ProstConfig.from_dict(read_manifest(export)["config"])
     items = load_split(data, "test")
     grpc, http, metrics = free_ports(3)
     server = TritonServer(repo, grpc_port=grpc, http_port=http, metrics_port=metrics, log_dir=workdir / "logs")

@@ -44,9 +44,14 @@ def explain(parser: argparse.ArgumentParser) -> None:
                 if not subparser.description and helps.get(name):
                     subparser.description = helps[name][0].upper() + helps[name][1:] + "."
                 explain(subparser)
-        elif (action.help and action.default not in (None, False, argparse.SUPPRESS) and action.option_strings
-              and "default" not in action.help and not isinstance(action, argparse._HelpAction)):
+        elif (action.help and action.option_strings and _has_default(action) and "default" not in action.help
+              and not isinstance(action, argparse._HelpAction)):
             action.help += f" (default: {action.default})"
+
+
+def _has_default(action: argparse.Action) -> bool:
+    """A value worth showing: not None, not a switch's False, not suppressed (0 and "" are shown)."""
+    return action.default is not None and action.default is not False and action.default != argparse.SUPPRESS
 
 
 def onnxruntime_conflict(version: Callable[[str], str] = importlib.metadata.version) -> str | None:

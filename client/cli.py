@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--no-progress", action="store_true", help="no progress bar")
     index.set_defaults(func=_index)
 
+    wait = sub.add_parser("wait", parents=[common], help="wait until the server is up and every model is ready",
+                          description="Wait until the server at --url is up and every model a client uses is ready "
+                                      "(e.g. right after `prost serve ... &`); exits 1 if it is not in time.")
+    wait.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait (default: 300)")
+    wait.set_defaults(func=_wait)
+
     score = sub.add_parser("score", parents=[common], help="S = S_es + beta * S_op of texts against video files",
                            description="Score every text against every video file: S = S_es + beta * S_op, one "
                                        "line per pair.")
@@ -97,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _wait(client: ProstClient, args: argparse.Namespace) -> int:
+    client.wait_ready(timeout=args.ready_timeout)
+    print(f"ready: {args.url}")
+    return 0
 
 
 def _search(client: ProstClient, args: argparse.Namespace) -> int:

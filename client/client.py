@@ -1,6 +1,7 @@
 """ProstClient and AsyncProstClient: search, encode, score and gallery publishing over Triton gRPC.
 
-Imports only numpy, tritonclient[grpc], grpc and the standard library (no torch, no prost), so it installs anywhere.
+Imports only numpy, tritonclient[grpc], grpc and the standard library (no torch, no prost), so it installs anywhere;
+publishing into a local served repository also uses the server's storage module, which shares its lock protocol.
 
 Both clients share every decision. Each operation is written once, in `_Base`, as a plan: a generator that yields
 the Triton calls it needs (a `Call`, a list of calls that may run concurrently, or a `Sleep`) and receives their
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -286,7 +288,7 @@ class _Base:
         wire.check_keep_versions(keep_versions)  # before encoding, like every argument check
         if repository is None:
             wire.upload_files(0, {}, similarity_onnx)  # fail before encoding when the graph is missing
-        yield from self._check_publish_target(repository)
+        key = yield from self._publish_key(repository)
         encoder = yield from self._video_encoder()
         objects, events, kept = yield from self._encode_videos(videos, batch_size, progress, on_invalid)
         if videos and not kept:
@@ -295,23 +297,47 @@ class _Base:
         if (yield from self._video_encoder()) != encoder:
             raise ClientError(f"{P.VIDEO_MODEL} was reloaded with another video encoder while the videos were being "
                               f"encoded; nothing was published, index them again")
-        return (yield from self._publish_prototypes(ids, objects, events, repository, similarity_onnx, keep_versions,
-                                                    encoder))
+        return (yield from self._publish_files(F.gallery_files(ids, objects, events, video_encoder=encoder),
+                                               repository, similarity_onnx, keep_versions, key))
 
-    def _check_publish_target(self, repository: Path | None) -> Plan:
-        """Before any work: the repository key opens the server's model-repository endpoints (from `repository`'s
-        key file when none was given), and `repository`, when given, is the one the server serves."""
+    def _publish_prototypes(self, video_ids, objects, events, repository, similarity_onnx, keep_versions,
+                            video_encoder) -> Plan:
+        wire.check_keep_versions(keep_versions)
+        key = yield from self._publish_key(repository)
+        if video_encoder is None:
+            video_encoder = yield from self._video_encoder()
+        files = F.gallery_files(video_ids, objects, events, video_encoder=video_encoder)
+        return (yield from self._publish_files(files, repository, similarity_onnx, keep_versions, key))
+
+    def _publish_key(self, repository: Path | None) -> Plan:
+        """Before any work, the checks a publish needs; returns the repository key to send.
+
+        With `repository`: it is the one the server serves (its id; this needs no key), this user can write it, and
+        its key file gives the key when none was given. Then the key must open the model-repository endpoints.
+        """
+        key = self.repository_key
         if repository is not None:
             repository = Path(repository)
             if not (repository / P.GALLERY_MODEL).is_dir():
                 raise ClientError(f"{repository} is not a model repository (no {P.GALLERY_MODEL} folder); pass the "
                                   f"repository the server was started on (`prost serve --repository DIR`)")
-            if self.repository_key is None:
-                self.repository_key = _local_storage().read_key(repository)
+            config = yield self._call("get_model_config", P.GALLERY_MODEL, model_name=P.GALLERY_MODEL, as_json=True)
+            served = (config["config"].get("parameters") or {}).get(P.REPOSITORY_ID_PARAM, {}).get("string_value")
+            storage = _local_storage()
+            with _storage_errors(storage):
+                local = storage.read_manifest(repository).get("id")
+                if served and served != local:
+                    raise ClientError(f"{repository} is not the repository the server at {self.url} serves "
+                                      f"(repository id {local or 'missing'}, served {served}); pass the folder given "
+                                      f"to `prost serve --repository`")
+                if not os.access(repository / P.GALLERY_MODEL, os.W_OK | os.X_OK):
+                    raise ClientError(f"{repository / P.GALLERY_MODEL} is not writable by this user; publish as the "
+                                      f"user that owns the repository")
+                key = key or storage.read_key(repository)
         try:
-            yield from self._gallery_states()
+            yield from self._gallery_states(key)
         except PermissionDeniedError:
-            if self.repository_key is None:
+            if key is None:
                 raise PermissionDeniedError(
                     f"the server at {self.url} restricts publishing to holders of its repository key, and none was "
                     f"given: pass --repository-key (or set PROST_REPOSITORY_KEY), or --repository DIR on the "
@@ -319,40 +345,25 @@ class _Base:
             raise PermissionDeniedError(
                 f"the server at {self.url} refused the repository key given (--repository-key, PROST_REPOSITORY_KEY "
                 f"or the repository's key file): it is not the key of that server's `prost serve`") from None
-        if repository is None:
-            return
-        config = yield self._call("get_model_config", P.GALLERY_MODEL, model_name=P.GALLERY_MODEL, as_json=True)
-        served = (config["config"].get("parameters") or {}).get(P.REPOSITORY_ID_PARAM, {}).get("string_value")
-        storage = _local_storage()
-        with _storage_errors(storage):
-            local = storage.read_manifest(repository).get("id")
-        if served and served != local:
-            raise ClientError(f"{repository} is not the repository the server at {self.url} serves (repository id "
-                              f"{local or 'missing'}, served {served}); pass the folder given to `prost serve "
-                              f"--repository`")
+        return key
 
     def _video_encoder(self) -> Plan:
         """The sha256 of the served video encoder's graph, from prost_video's config."""
         config = yield self._call("get_model_config", P.VIDEO_MODEL, model_name=P.VIDEO_MODEL, as_json=True)
         return wire.config_parameter(config["config"], P.VIDEO_ENCODER_PARAM, P.VIDEO_MODEL)
 
-    def _publish_prototypes(self, video_ids, objects, events, repository, similarity_onnx, keep_versions,
-                            video_encoder) -> Plan:
-        wire.check_keep_versions(keep_versions)
-        yield from self._check_publish_target(repository)
-        if video_encoder is None:
-            video_encoder = yield from self._video_encoder()
-        files = F.gallery_files(video_ids, objects, events, video_encoder=video_encoder)
+    def _publish_files(self, files: dict[str, bytes], repository: Path | None, similarity_onnx, keep_versions,
+                       key: str | None) -> Plan:
+        """Publish a gallery version's data files, checked by `_publish_key`: uploaded, or written into
+        `repository` under the gallery's lock; then loaded and settled."""
         if repository is None:
-            known = yield from self._gallery_states()
+            known = yield from self._gallery_states(key)
             config = yield self._call("get_model_config", P.GALLERY_MODEL, model_name=P.GALLERY_MODEL, as_json=True)
             version = max(known, default=0) + 1
-            yield from self._load(version, None, config=json.dumps(config["config"]),
+            yield from self._load(version, None, key, config=json.dumps(config["config"]),
                                   files=wire.upload_files(version, files, similarity_onnx))
             return version
         model_dir = Path(repository) / P.GALLERY_MODEL
-        if not model_dir.is_dir():
-            raise ClientError(f"{model_dir} does not exist: pass the served repository (`prost repository build`)")
         storage = _local_storage()
         lock = storage.DirectoryLock(model_dir, timeout=self._settle_seconds)
         deadline = time.monotonic() + lock.timeout
@@ -361,10 +372,10 @@ class _Base:
                 raise ClientError(str(lock.busy_error()))
             yield Sleep(POLL_SECONDS)
         try:
-            known = yield from self._gallery_states()
+            known = yield from self._gallery_states(key)
             with _storage_errors(storage):
                 version = storage.stage_version(Path(repository), P.GALLERY_MODEL, files, max(known, default=0) + 1)
-            yield from self._load(version, Path(repository))
+            yield from self._load(version, Path(repository), key)
             if keep_versions is not None:
                 with _storage_errors(storage):
                     storage.prune_versions(Path(repository), P.GALLERY_MODEL, keep_versions)
@@ -372,17 +383,17 @@ class _Base:
         finally:
             lock.release()
 
-    def _load(self, version: int, repository: Path | None, **upload) -> Plan:
+    def _load(self, version: int, repository: Path | None, key: str | None, **upload) -> Plan:
         """Load prost_gallery and settle `version`: ready, or failed (a local version is then removed)."""
         context = f"load {P.GALLERY_MODEL} version {version}"
         try:
             yield self._call("load_model", context, model_name=P.GALLERY_MODEL, client_timeout=self.load_timeout,
-                             headers=wire.key_headers(self.repository_key), **upload)
+                             headers=wire.key_headers(key), **upload)
         except ClientError as exc:
             if not wire.load_may_still_finish(exc):
                 _unstage(repository, version)
                 raise
-            outcome, reason = yield from self._settle(version)
+            outcome, reason = yield from self._settle(version, key)
             if outcome is None:
                 kept = f" and stays in {repository / P.GALLERY_MODEL}" if repository else ""
                 raise type(exc)(f"{exc}; version {version} may still be loading ({reason}){kept}; it serves once "
@@ -396,13 +407,13 @@ class _Base:
             _unstage(repository, version)
             raise ClientError(f"{P.GALLERY_MODEL} version {version} was loaded but is not ready; see the server log")
 
-    def _settle(self, version: int) -> Plan:
+    def _settle(self, version: int, key: str | None) -> Plan:
         """Poll the repository index until `version` is ready or failed; (outcome, reason), outcome None if unknown."""
         deadline = time.monotonic() + self._settle_seconds
         reason = "not listed yet"
         while time.monotonic() < deadline:
             try:
-                state, reason = (yield from self._gallery_states()).get(version, ("", "not listed yet"))
+                state, reason = (yield from self._gallery_states(key)).get(version, ("", "not listed yet"))
                 outcome = wire.load_outcome(state, reason)
                 if outcome:
                     return outcome, reason
@@ -412,10 +423,10 @@ class _Base:
             yield Sleep(POLL_SECONDS)
         return None, reason
 
-    def _gallery_states(self) -> Plan:
+    def _gallery_states(self, key: str | None) -> Plan:
         """{version: (state, reason)} of every prost_gallery version the server knows, failed ones included."""
         index = yield self._call("get_model_repository_index", "repository index", as_json=True,
-                                 headers=wire.key_headers(self.repository_key))
+                                 headers=wire.key_headers(key))
         return wire.model_versions(index, P.GALLERY_MODEL)
 
     def _gallery_version(self) -> Plan:

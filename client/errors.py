@@ -57,10 +57,10 @@ def from_triton(exc: Exception, context: str = "", url: str = "") -> ClientError
     status = (status or "").rsplit(".", 1)[-1] or None
     message = exc.message() if callable(getattr(exc, "message", None)) else str(exc)
     message = message or str(exc)
-    # Triton answers a restricted protocol without its header with UNAVAILABLE; it is a permission problem.
     if status == "UNAVAILABLE" and any(text in message for text in _NO_SERVER):
         return UnavailableError(f"no server at {url or 'that address'}; start one with `prost serve --repository "
                                 f"REPOSITORY` or pass --url (PROST_URL) [{message}]", status)
+    # Triton answers a restricted protocol without its header with UNAVAILABLE; it is a permission problem.
     if status == "UNAVAILABLE" and "protocol is restricted" in message:
         cls: type[ClientError] = PermissionDeniedError
         message += (" (pass the server's repository key: --repository-key, PROST_REPOSITORY_KEY or "

@@ -1,1 +1,1 @@
-"""ProST export: ONNX graphs, TensorRT engines and Triton model repositories (installed as `prost_export`)."""
+"""ProST export: ONNX graphs, parity gates, TensorRT engines and the export manifest (installed as `prost_export`)."""

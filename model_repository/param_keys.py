@@ -1,5 +1,5 @@
 """Names of the config `parameters` that the repository writer sets and the python backends read (server-side only;
-the keys clients read, BETA_PARAM and VIDEO_ENCODER_PARAM, are in `prost_client.protocol`)."""
+the keys clients read, BETA_PARAM, VIDEO_ENCODER_PARAM and REPOSITORY_ID_PARAM, are in `prost_client.protocol`)."""
 
 ONNX_FILE = "ONNX_FILE"  # onnx_runner: graph file in the version directory
 INTRA_OP_THREADS = "INTRA_OP_THREADS"  # onnx_runner, gallery: ONNX Runtime intra-op threads (0 = its default)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib.util
 import json
 import logging
@@ -110,15 +111,19 @@ def python_backend_dir(wheel_root: Path, target: Path) -> Path:
     return target
 
 
-def port_is_free(host: str, port: int) -> bool:
-    """Whether a TCP server could listen on host:port now (Triton would fail to start otherwise)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+def port_problem(host: str, port: int) -> str | None:
+    """Why a TCP server could not listen on host:port now ("in use", or the system's reason), or None."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        return f"cannot resolve --host {host} ({exc.strerror})"
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Triton's listeners do
         try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
+            s.bind(address)
+        except OSError as exc:
+            return "in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+    return None
 
 
 def check_repository(path: Path) -> None:
@@ -166,8 +171,11 @@ class TritonServer:
         self.host, self.grpc_port, self.http_port, self.metrics_port = host, grpc_port, http_port, metrics_port
         for name, port, flag in (("gRPC", grpc_port, "--grpc-port"), ("HTTP", http_port, "--http-port"),
                                  ("metrics", metrics_port, "--metrics-port")):
-            if not port_is_free(host, port):
+            problem = port_problem(host, port)
+            if problem == "in use":
                 raise RepositoryError(f"port {port} is in use ({name}); pick another with {flag}")
+            if problem:
+                raise RepositoryError(f"cannot listen on {host}:{port} ({name}): {problem}")
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="prost-triton-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.log_dir / "tritonserver.log"
@@ -352,7 +360,7 @@ class TritonServer:
         """Block until the server exits or a stop is requested, then stop it; returns its exit status.
 
         Every `watchdog_interval` seconds (0: never) a python model whose backend stub died is reloaded
-        (export/watchdog.py).
+        (prost_model_repository.watchdog).
         """
         process, done = self.process, threading.Event()
         if watchdog_interval > 0:  # a thread: a reload (up to minutes) never delays a stop
@@ -408,23 +416,25 @@ def _serve_cmd(args: argparse.Namespace) -> int:
     server = TritonServer(args.repository, grpc_port=args.grpc_port, http_port=args.http_port,
                           metrics_port=args.metrics_port, host=args.host, log_dir=args.log_dir,
                           repository_key=args.repository_key, ready_timeout=args.ready_timeout, grace=args.grace)
-    with server.signals_stop():  # before start: a signal during startup stops Triton gracefully too
-        print(f"starting tritonserver on {args.repository}; logs: {server.log_path}", file=sys.stderr, flush=True)
-        try:
-            server.start()
-        except StopRequested:
-            print(f"stopped during startup; logs: {server.log_path}", file=sys.stderr)
-            return 0
-        # prost-client index --repository reads it there; a read-only repository keeps it beside the logs
-        key_file = storage.write_key(server.repository, server.repository_key) or storage.write_key(
-            server.log_dir, server.repository_key)
-        print(f"ready in {server.startup_seconds:.1f} s: gRPC {server.url}, HTTP {server.http_url}, metrics "
-              f"{server._connect_host}:{server.metrics_port}\nrepository key (for load/unload, e.g. prost-client "
-              f"index): {key_file}\nlogs: {server.log_path}", file=sys.stderr, flush=True)
-        try:
+    # prost-client index --repository reads the key there; a read-only repository keeps it beside the logs. Written
+    # before the start, so a client that sees the server ready finds it.
+    key_file = storage.write_key(server.repository, server.repository_key) or storage.write_key(
+        server.log_dir, server.repository_key)
+    try:
+        with server.signals_stop():  # before start: a signal during startup stops Triton gracefully too
+            print(f"starting tritonserver on {args.repository}; logs: {server.log_path}", file=sys.stderr, flush=True)
+            try:
+                server.start()
+            except StopRequested:
+                print(f"stopped during startup; logs: {server.log_path}", file=sys.stderr)
+                return 0
+            where = key_file or "not written (neither the repository nor the log folder is writable)"
+            print(f"ready in {server.startup_seconds:.1f} s: gRPC {server.url}, HTTP {server.http_url}, metrics "
+                  f"{server._connect_host}:{server.metrics_port}\nrepository key (for load/unload, e.g. prost-client "
+                  f"index): {where}\nlogs: {server.log_path}", file=sys.stderr, flush=True)
             status = server.serve_forever(watchdog_interval=args.stub_watchdog)
-        finally:
-            if key_file and storage.read_key(key_file.parent) == server.repository_key:
-                key_file.unlink(missing_ok=True)  # another server may have written its own key since
+    finally:
+        if key_file and storage.read_key(key_file.parent) == server.repository_key:
+            key_file.unlink(missing_ok=True)  # another server may have written its own key since
     print(f"tritonserver exited with status {status}; logs: {server.log_path}", file=sys.stderr)
     return 0 if status in (0, -signal.SIGINT, -signal.SIGTERM) else 1

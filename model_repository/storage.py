@@ -1,5 +1,6 @@
 """Gallery-version storage of a Triton model repository: numbered version directories written atomically, the
-per-model and repository locks, `manifest.json`, pruning. Stdlib-only, so a publishing client can share it.
+per-model and repository locks, `manifest.json`, pruning, the server's key file. Torch-free (the standard library and
+two small prost modules), so a client publishing into a local repository can share it.
 
 Concurrency: every writer of a model directory (`prost repository build`, `prost-client index`, ProstClient
 publishing) holds an exclusive `fcntl.flock` on `<model_dir>/.lock` from reading the latest version to renaming the
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 from prost.errors import RepositoryError
-from prost.fileio import fsync_path, sha256_file, write_json_atomic
+from prost.fileio import fsync_path, sha256_file, write_atomic, write_json_atomic
 from prost_client.gallery_format import MODEL_FILE, SIMILARITY_FILE, versions
 
 MANIFEST_FILE = "manifest.json"
@@ -201,28 +202,29 @@ def write_manifest(repository: Path, manifest: dict, *, locked: bool = False) ->
             raise RepositoryError(f"cannot write {path}: {exc}") from exc
 
 
-def repository_id(manifest: dict) -> str:
-    """The repository's id from its manifest, or a new one (a repository keeps its id across rebuilds)."""
-    return str(manifest.get("id") or secrets.token_hex(8))
+def new_repository_id() -> str:
+    """An id for a new repository (kept across its rebuilds), which clients compare with the served one."""
+    return secrets.token_hex(8)
 
 
 def write_key(repository: Path, key: str) -> Path | None:
-    """Write the server's repository key into `<repository>/.repository-key`, readable by its owner only; None when
-    the repository is not writable."""
+    """Write the server's repository key into `<repository>/.repository-key`, readable by its owner only (atomically:
+    a reader never sees it half written); None when the folder is not writable."""
     path = Path(repository) / KEY_FILE
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        write_atomic(path, key + "\n", mode=0o600)
     except OSError:
         return None
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(fd, 0o600)  # also when the file existed with another mode
-        f.write(key + "\n")
     return path
 
 
 def read_key(repository: Path) -> str | None:
-    """The key `prost serve` wrote into the repository, or None."""
+    """The key `prost serve` wrote into the repository; None without one, RepositoryError when it cannot be read."""
+    path = Path(repository) / KEY_FILE
     try:
-        return (Path(repository) / KEY_FILE).read_text().strip() or None
-    except OSError:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise RepositoryError(f"cannot read the server's key file {path} ({exc.strerror}); run as the user that "
+                              f"started `prost serve`, or pass --repository-key") from None

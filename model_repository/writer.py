@@ -112,7 +112,9 @@ def write_repository(export_dir: str | Path, out: str | Path, variant: str = "cp
     export_dir, out = Path(export_dir), check_writable(out, folder=True)
     manifest = _read_export(export_dir)
     config = ProstConfig.from_dict(manifest["config"])
-    repository = storage.repository_id(_previous_manifest(out))
+    previous = _previous_manifest(out)
+    repository = (previous.get("id") or _gallery_parameter(out / P.GALLERY_MODEL, P.REPOSITORY_ID_PARAM)
+                  or storage.new_repository_id())
     models = build_models(export_dir, manifest, config, options, repository)  # refuses before anything is written
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -147,16 +149,21 @@ def write_repository(export_dir: str | Path, out: str | Path, variant: str = "cp
 
 def _previous_manifest(out: Path) -> dict:
     """The manifest of the repository being updated ({} for a new or empty folder, or a damaged manifest, which the
-    build rewrites); refuses a folder that holds something else, so model folders never mix into it."""
+    build rewrites); refuses a folder that holds something else, an export included, so nothing is mixed into it."""
     if not out.is_dir() or not any(out.iterdir()):
         return {}
     if not (out / storage.MANIFEST_FILE).is_file():
         raise RepositoryError(f"--out {out} is not empty and is not a model repository (no {storage.MANIFEST_FILE}); "
                               f"pick a new or empty folder, or a repository built before")
     try:
-        return storage.read_manifest(out)
-    except RepositoryError:  # the build rewrites it; the id survives in the gallery's config
-        return {"id": _gallery_parameter(out / P.GALLERY_MODEL, P.REPOSITORY_ID_PARAM)}
+        manifest = storage.read_manifest(out)
+    except RepositoryError:
+        return {}
+    kind = str(manifest.get("format", storage.REPOSITORY_FORMAT))  # a build that stopped early wrote no format yet
+    if kind != storage.REPOSITORY_FORMAT:
+        what = "an export directory" if kind.startswith("prost-serve-export") else f"not a model repository ({kind})"
+        raise RepositoryError(f"--out {out} is {what}; pick a new or empty folder for the repository")
+    return manifest
 
 
 def build_models(export_dir: Path, manifest: dict, config: ProstConfig, options: RepositoryOptions,

@@ -64,9 +64,12 @@ def load_model(path: str | Path, *, preset: str | None = None, max_words: int | 
     """
     path = Path(path)
     if path.suffix == ".safetensors":  # our weights file: its config is beside it, never guessed
-        if path.name != WEIGHTS_FILE or not (path.parent / CONFIG_FILE).is_file():
+        if not (path.parent / CONFIG_FILE).is_file():
             raise CheckpointError(f"{path} is a weights file without {CONFIG_FILE} beside it; pass our checkpoint "
                                   f"directory ({WEIGHTS_FILE} + {CONFIG_FILE}), e.g. the run directory")
+        if path.name != WEIGHTS_FILE:
+            raise CheckpointError(f"{path}: our checkpoint directory holds its weights as {WEIGHTS_FILE} beside "
+                                  f"{CONFIG_FILE}; pass the directory, with the weights under that name")
         log.info("loading the checkpoint directory %s of %s", path.parent, path.name)
         path = path.parent
     if (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():

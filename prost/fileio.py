@@ -22,13 +22,15 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | Path, data: bytes | str | Callable[[BinaryIO], Any], *, durable: bool = False) -> None:
+def write_atomic(path: str | Path, data: bytes | str | Callable[[BinaryIO], Any], *, durable: bool = False,
+                 mode: int = 0o644) -> None:
     """Write `data` (bytes, text, or a function that writes to a binary file) to `path` through a temporary
-    sibling and a rename. With `durable`, the file and its directory are fsynced, so a crash keeps one of the two."""
+    sibling and a rename; the file gets `mode` (before the umask) from its creation. With `durable`, the file and its
+    directory are fsynced, so a crash keeps one of the two."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode), "wb") as f:
             if callable(data):
                 data(f)
             else:
@@ -65,9 +67,12 @@ def check_writable(path: str | Path, *, folder: bool, flag: str = "--out") -> Pa
     path = Path(path)
     if path.exists() and path.is_dir() != folder:
         raise PathError(f"{flag} {path} is a {'file' if folder else 'folder'}; pass a {'folder' if folder else 'file'}")
-    existing = path if path.exists() else next(p for p in path.absolute().parents if p.exists())
-    if not existing.is_dir():
-        raise PathError(f"{flag} {path}: {existing} is a file, so nothing can be created under it")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PathError(f"{flag} {path}: {existing} is not writable")
+    if path.exists():  # a file is replaced through a temporary sibling, so its folder must be writable
+        target = path if folder else path.absolute().parent
+    else:
+        target = next(p for p in path.absolute().parents if p.exists())
+    if not target.is_dir():
+        raise PathError(f"{flag} {path}: {target} is a file, so nothing can be created under it")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise PathError(f"{flag} {path}: {target} is not writable")
     return path

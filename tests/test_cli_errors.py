@@ -57,9 +57,17 @@ def test_outputs_that_cannot_be_written_are_refused_before_the_work(a_file, onnx
     fails(PROST + ["repository", "build", "--export", str(onnx_dir), "--out", str(a_file)], str(a_file), "folder")
     readonly = tmp_path / "readonly"
     readonly.mkdir(mode=0o555)
-    if os.access(readonly, os.W_OK):  # root ignores permissions; the file cases above cover the check
-        return
+    if os.access(readonly, os.W_OK):
+        pytest.skip("root ignores permissions; the file cases above cover the check")
     fails(PROST + ["export", "--checkpoint", str(run), "--out", str(readonly / "x")], "not writable")
+
+
+def test_an_existing_output_file_may_be_replaced(tmp_path):
+    from prost.fileio import check_writable
+
+    result = tmp_path / "r.json"
+    result.write_text("{}\n")
+    assert check_writable(result, folder=False) == result  # `prost eval --out r.json` run twice
 
 
 def test_damaged_inputs_get_one_line(tmp_path, tiny_model, onnx_dir):
@@ -110,6 +118,9 @@ def test_wrong_folders_are_refused(tmp_path, onnx_dir, a_file):
     fails(PROST + ["repository", "build", "--export", str(onnx_dir), "--out", str(tmp_path / "trt"), "--variant",
                    "tensorrt"], "no TensorRT plan")
     assert not (tmp_path / "trt").exists()
+    manifest = (onnx_dir / "manifest.json").read_text()
+    fails(PROST + ["repository", "build", "--export", str(onnx_dir), "--out", str(onnx_dir)], "is an export directory")
+    assert (onnx_dir / "manifest.json").read_text() == manifest  # the export is untouched
 
 
 def test_exporting_over_an_export_says_so(tmp_path, tiny_model):
@@ -131,6 +142,10 @@ def test_a_port_in_use_is_named_and_nothing_is_left_behind(model_repository, tmp
         port = busy.getsockname()[1]
         fails(PROST + ["serve", "--repository", str(model_repository), "--grpc-port", str(port), "--log-dir",
                        str(tmp_path / "logs")], f"port {port} is in use (gRPC)", "--grpc-port")
+        fails(PROST + ["serve", "--repository", str(model_repository), "--metrics-port", str(port), "--grpc-port",
+                       str(free_port()), "--http-port", str(free_port())], f"port {port} is in use (metrics)")
+    fails(PROST + ["serve", "--repository", str(model_repository), "--host", "no-such-host.invalid"],
+          "cannot resolve --host no-such-host.invalid")
     assert not (tmp_path / "logs").exists()
 
 
@@ -152,9 +167,11 @@ def test_publishing_checks_key_and_repository_before_encoding(triton_server, mod
     wrong = fails(index + ["--repository-key", "wrong"], "refused the repository key")
     assert missing != wrong
     other = write_repository(onnx_dir, tmp_path / "other")
+    storage.write_key(other, "the key of another server")
     before = sorted(p.name for p in (other / P.GALLERY_MODEL).iterdir())
-    fails(CLIENT + url + ["index", str(videos), "--no-progress", "--repository", str(other), "--repository-key",
-                          triton_server.repository_key], str(other), "is not the repository the server")
+    for key in ([], ["--repository-key", triton_server.repository_key]):  # the folder is named first, key or not
+        fails(CLIENT + url + ["index", str(videos), "--no-progress", "--repository", str(other), *key], str(other),
+              "is not the repository the server")
     assert sorted(p.name for p in (other / P.GALLERY_MODEL).iterdir()) == before  # nothing left behind
     key_file = storage.write_key(model_repository, triton_server.repository_key)  # as `prost serve` does
     try:
@@ -188,6 +205,7 @@ def test_every_command_and_flag_explains_itself(root):
             seen += 1
             name = "/".join(action.option_strings) or action.dest
             assert action.help, f"{' '.join(path)} {name} has no help"
-            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            if action.option_strings and not (action.default is None or action.default is False
+                                              or action.default == argparse.SUPPRESS):
                 assert "default" in action.help, f"{' '.join(path)} {name} does not show its default"
     assert seen > 20

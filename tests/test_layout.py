@@ -44,6 +44,10 @@ def test_the_core_imports_no_stage_built_on_it():
     assert offending("prost", {"prost_export", "prost_client", "prost_model_repository", "prost_cli"}) == []
 
 
+def test_export_does_not_import_the_serving_stage():
+    assert offending("prost_export", {"prost_model_repository"}) == []
+
+
 @pytest.mark.parametrize("package", ["prost", "prost_export", "prost_model_repository"])
 def test_server_code_reaches_the_client_only_through_its_contract(package):
     assert offending(package, {"prost_client"}, CONTRACT) == []
