@@ -67,9 +67,11 @@ class _Base:
         Args:
             url: host:port of Triton's gRPC endpoint.
             timeout: client deadline per call, in seconds.
-            retries: gRPC-level retries with backoff on UNAVAILABLE (0 disables; gRPC caps attempts at 5). Only
-                reads and inference are retried, and only calls under `wire.PER_RPC_RETRY_BUFFER_BYTES` (16 MiB):
-                gRPC does not retry larger messages (e.g. big video batches).
+            retries: gRPC-level retries with backoff on UNAVAILABLE (gRPC caps attempts at 5). Only reads and
+                inference are retried, and only calls under `wire.PER_RPC_RETRY_BUFFER_BYTES` (16 MiB): gRPC does
+                not retry larger messages (e.g. big video batches). Above that, inference is retried within its
+                deadline while the server recovers (a dead backend stub, a restart; `wire.retry_delay`). 0 disables
+                both.
             repository_key: the server's key for the restricted model-repository endpoints (load/unload, index).
             load_timeout: deadline of a model load (publishing a gallery).
             text_batch_size, video_batch_size: items per request, lowered to the served max_batch_size (read from
@@ -83,10 +85,20 @@ class _Base:
         self.text_batch_size, self.video_batch_size = text_batch_size, video_batch_size
         self._served_batch: tuple[int, int] | None = None  # (texts, videos) max_batch_size; None: not read yet
         self._channel_args = wire.channel_args(retries)
+        self._retries = retries
         self._exported_beta: float | None = None  # None: prost_score's config not read yet
+        self._server_seen = False  # a call has succeeded: UNAVAILABLE then means a restart, worth waiting for
 
     def _run(self, plan: Plan):
         raise NotImplementedError
+
+    def _retry_delay(self, step: Call, error: ClientError, started: float, previous: float | None) -> float:
+        """The wait before retrying `step`, or `error` raised (see wire.retry_delay)."""
+        delay = wire.retry_delay(step.method, error, started, step.kwargs["client_timeout"], previous,
+                                 self._server_seen) if self._retries else None
+        if delay is None:
+            raise error
+        return delay
 
     # Public operations (AsyncProstClient: each returns an awaitable).
 
@@ -498,10 +510,18 @@ class ProstClient(_Base):
             return [self._perform(s) for s in step]
         if isinstance(step, Sleep):
             return time.sleep(step.seconds)
-        try:
-            return getattr(self._triton, step.method)(**step.kwargs)
-        except InferenceServerException as exc:
-            raise from_triton(exc, step.context, self.url) from None
+        started, delay = time.monotonic(), None
+        while True:  # a call, retried within its deadline while wire.retry_delay says so
+            try:
+                result = getattr(self._triton, step.method)(**wire.remaining(step.kwargs, started))
+                self._server_seen = True
+                error = wire.incomplete(step.kwargs, result) if step.method == "infer" else None
+                if error is None:
+                    return result
+            except InferenceServerException as exc:
+                error = from_triton(exc, step.context, self.url)
+            delay = self._retry_delay(step, error, started, delay)
+            time.sleep(delay)
 
 
 class AsyncProstClient(_Base):
@@ -538,7 +558,15 @@ class AsyncProstClient(_Base):
             return list(await asyncio.gather(*(self._perform(s) for s in step)))
         if isinstance(step, Sleep):
             return await asyncio.sleep(step.seconds)
-        try:
-            return await getattr(self._triton, step.method)(**step.kwargs)
-        except InferenceServerException as exc:
-            raise from_triton(exc, step.context, self.url) from None
+        started, delay = time.monotonic(), None
+        while True:  # a call, retried within its deadline while wire.retry_delay says so
+            try:
+                result = await getattr(self._triton, step.method)(**wire.remaining(step.kwargs, started))
+                self._server_seen = True
+                error = wire.incomplete(step.kwargs, result) if step.method == "infer" else None
+                if error is None:
+                    return result
+            except InferenceServerException as exc:
+                error = from_triton(exc, step.context, self.url)
+            delay = self._retry_delay(step, error, started, delay)
+            await asyncio.sleep(delay)

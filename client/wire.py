@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,39 @@ RETRYABLE_STATUS_CODES = ("UNAVAILABLE",)
 # messages exceed it is committed after its first attempt and is NOT retried. 16 MiB covers text and prototype
 # requests and small video batches; larger video uploads fail on the first UNAVAILABLE.
 PER_RPC_RETRY_BUFFER_BYTES = 16 << 20
+
+
+# Triton's python backend answers this, with INTERNAL, while a killed backend stub waits for `prost serve`'s watchdog
+# to reload its model (about 1.5 s after two looks, 2 s apart).
+STUB_NOT_HEALTHY = "is not healthy"
+CRASHED_BEHIND = "a model behind it may have crashed"  # an ensemble's answer missing outputs, for the same reason
+# ...or, when the missing outputs were the next step's inputs, the ensemble refusing that step (INVALID_ARGUMENT)
+ENSEMBLE_STEP_STARVED = ("in ensemble", "expected number of inputs")
+FIRST_RETRY_DELAY, MAX_RETRY_DELAY = 0.05, 1.0
+
+
+def retry_delay(method: str, error: ClientError, started: float, timeout: float, previous: float | None,
+                server_seen: bool) -> float | None:
+    """Seconds to wait before trying a failed call again, or None to raise `error`.
+
+    Only inference is retried (searches, encodes and scores are pure functions of their inputs), only for failures
+    that recovery ends (a dead backend stub; UNAVAILABLE once this client has reached the server, as while
+    `prost serve --restart-on-crash` restarts it), and only while the next try still fits in the call's deadline.
+    """
+    message = str(error)
+    recoverable = ((error.status == "INTERNAL" and (STUB_NOT_HEALTHY in message or CRASHED_BEHIND in message))
+                   or (error.status == "INVALID_ARGUMENT" and all(text in message for text in ENSEMBLE_STEP_STARVED))
+                   or (server_seen and isinstance(error, UnavailableError)))
+    delay = FIRST_RETRY_DELAY if previous is None else min(2 * previous, MAX_RETRY_DELAY)
+    if method != "infer" or not recoverable or time.monotonic() + delay >= started + timeout:
+        return None
+    return delay
+
+
+def remaining(kwargs: dict, started: float) -> dict:
+    """A call's keyword arguments with client_timeout cut to what is left of its deadline (retries share it)."""
+    left = kwargs["client_timeout"] - (time.monotonic() - started)
+    return {**kwargs, "client_timeout": max(left, 0.001)}
 
 
 @dataclass(frozen=True)
@@ -125,10 +159,22 @@ def output(result, name: str) -> np.ndarray:
     """One output of an infer result; ServerError when the answer lacks it (a model behind an ensemble crashed)."""
     array = result.as_numpy(name)
     if array is None:
-        model = result.get_response().model_name
-        raise ServerError(f"{model} answered without {name}: a model behind it may have crashed (see the server log)",
-                          "INTERNAL")
+        raise _crashed_behind(result, name)
     return array
+
+
+def incomplete(kwargs: dict, result) -> ServerError | None:
+    """The error of an infer result that lacks a requested output (an ensemble whose inner stub died mid-request
+    answers so), or None."""
+    for requested in kwargs.get("outputs") or ():
+        if result.as_numpy(requested.name()) is None:
+            return _crashed_behind(result, requested.name())
+    return None
+
+
+def _crashed_behind(result, name: str) -> ServerError:
+    model = result.get_response().model_name
+    return ServerError(f"{model} answered without {name}: {CRASHED_BEHIND} (see the server log)", "INTERNAL")
 
 
 def parse_search(result) -> list[list[SearchHit]]:

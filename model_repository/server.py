@@ -43,6 +43,7 @@ from prost_model_repository.watchdog import StubWatchdog
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_BYTES = 64 << 20
+MAX_RESTARTS, RESTART_WINDOW = 5, 600.0  # --restart-on-crash gives up after this many restarts in this many seconds
 _FAILED_LOAD = re.compile(r"failed to load '([^']+)' version (\d+): (.*)")
 # argv: parent pid, then the tritonserver command line. PR_SET_PDEATHSIG (1) survives execv of a non-setuid binary.
 _PDEATHSIG_EXEC = (
@@ -356,12 +357,35 @@ class TritonServer:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
-    def serve_forever(self, watchdog_interval: float = 2.0) -> int:
+    def serve_forever(self, watchdog_interval: float = 2.0, restart_on_crash: bool = False) -> int:
         """Block until the server exits or a stop is requested, then stop it; returns its exit status.
 
         Every `watchdog_interval` seconds (0: never) a python model whose backend stub died is reloaded
-        (prost_model_repository.watchdog).
+        (prost_model_repository.watchdog). With `restart_on_crash`, a server that exits on its own (killed, crashed)
+        is started again, at most MAX_RESTARTS times in RESTART_WINDOW seconds, each restart logged.
         """
+        restarts: list[float] = []
+        while True:
+            status = self._serve_once(watchdog_interval)
+            if self.stop_signal is not None or not restart_on_crash:
+                return status
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < RESTART_WINDOW] + [now]
+            if len(restarts) > MAX_RESTARTS:
+                log.error("tritonserver exited with status %s, the %d-th time in %.0f s; not restarting it again",
+                          status, len(restarts), RESTART_WINDOW)
+                return status
+            log.warning("tritonserver exited with status %s; restarting it (%d of at most %d in %.0f s)", status,
+                        len(restarts), MAX_RESTARTS, RESTART_WINDOW)
+            self.process = None
+            try:
+                self.start()
+            except StopRequested:
+                return status
+            log.warning("tritonserver restarted in %.1f s", self.startup_seconds)
+
+    def _serve_once(self, watchdog_interval: float) -> int:
+        """serve_forever for the running process: until it exits or a stop is requested; then stop it."""
         process, done = self.process, threading.Event()
         if watchdog_interval > 0:  # a thread: a reload (up to minutes) never delays a stop
             threading.Thread(target=self._watch_stubs, args=(process.pid, watchdog_interval, done),
@@ -406,6 +430,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--ready-timeout", type=float, default=300.0,
                         help="seconds to wait for every model to load before giving up")
     parser.add_argument("--grace", type=float, default=30.0, help="seconds from SIGINT to SIGKILL when stopping")
+    parser.add_argument("--restart-on-crash", action="store_true",
+                        help=f"start tritonserver again when it exits on its own (killed, crashed): at most "
+                             f"{MAX_RESTARTS} times in {RESTART_WINDOW:.0f} s, each logged")
     parser.add_argument("--stub-watchdog", type=float, default=2.0, metavar="SECONDS",
                         help="how often to look for dead python-backend stubs and reload their models (0: never; "
                              "default 2)")
@@ -432,7 +459,8 @@ def _serve_cmd(args: argparse.Namespace) -> int:
             print(f"ready in {server.startup_seconds:.1f} s: gRPC {server.url}, HTTP {server.http_url}, metrics "
                   f"{server._connect_host}:{server.metrics_port}\nrepository key (for load/unload, e.g. prost-client "
                   f"index): {where}\nlogs: {server.log_path}", file=sys.stderr, flush=True)
-            status = server.serve_forever(watchdog_interval=args.stub_watchdog)
+            status = server.serve_forever(watchdog_interval=args.stub_watchdog,
+                                          restart_on_crash=args.restart_on_crash)
     finally:
         if key_file and storage.read_key(key_file.parent) == server.repository_key:
             key_file.unlink(missing_ok=True)  # another server may have written its own key since

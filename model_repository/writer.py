@@ -15,8 +15,10 @@ is never rolled back.
 
 Response cache: Triton keys it by model name, model *version* and inputs, and keeps entries across reloads. A new
 gallery version leaves the ensembles at version 1, so a cached ensemble would answer with the old gallery (seen on
-Triton 2.51). Caching is therefore enabled on prost_text and prost_gallery, whose versions change with their content
-(a new gallery is always a new, higher version), and not on the ensembles.
+Triton 2.51): the ensembles are never cached. Neither is any python-backend model: when its stub dies mid-request,
+Triton 2.51 caches the empty response and serves it after the watchdog's reload, so a retried query failed for its
+whole deadline (measured; a stub kill under load cost 8 of 8 callers their call). The response cache therefore holds
+prost_text only where it runs in Triton's own backend (onnxruntime and tensorrt variants).
 
 Shapes and defaults:
 - Empty gallery: the builder writes prost_gallery version 1 with zero videos, so every model loads and search answers
@@ -226,7 +228,7 @@ def _graph_model(name: str, spec: GraphSpec, mbs: int, export_dir: Path, manifes
     model = model_config(name, mbs, inputs, outputs, params)
     kind = mc.ModelInstanceGroup.KIND_CPU if options.variant == "cpu" else mc.ModelInstanceGroup.KIND_GPU
     model.instance_group.add(kind=kind, count=options.instances)
-    if name == P.TEXT_MODEL:
+    if name == P.TEXT_MODEL and options.variant != "cpu":
         model.response_cache.enable = True  # repeated queries skip the text encoder (see the module docstring)
     files = _onnx_files(export_dir, spec)
     if options.variant == "cpu":
@@ -353,7 +355,6 @@ def _gallery_model(export_dir: Path, specs: dict[str, GraphSpec], beta: str, opt
                     {P.BETA_PARAM: beta, K.DEFAULT_TOP_K: P.DEFAULT_TOP_K, K.MAX_TOP_K: options.max_top_k,
                      K.BLOCK_ELEMENTS: DEFAULT_BLOCK_ELEMENTS, K.INTRA_OP_THREADS: options.intra_op_threads,
                      P.VIDEO_ENCODER_PARAM: video_sha, P.REPOSITORY_ID_PARAM: repository})
-    model.response_cache.enable = True  # keyed by version: every published gallery is a new version
     graph = with_float16_inputs(export_dir / specs["similarity"].onnx_file, (P.OBJECT_PROTOTYPES, P.EVENT_PROTOTYPES))
     return ModelSpec(model, {G.MODEL_FILE: source, G.SIMILARITY_FILE: graph})
 

@@ -417,20 +417,55 @@ def test_prost_serve_reloads_a_model_whose_stub_was_killed(model_repository, tmp
     try:
         wait_for(lambda: "ready in" in err.read_text(), proc, err)
         key = (repo / storage.KEY_FILE).read_text().strip()
-        with ProstClient(f"127.0.0.1:{ports[0]}", timeout=60, repository_key=key) as c:
+        url = f"127.0.0.1:{ports[0]}"
+        with ProstClient(url, timeout=60, repository_key=key) as c, ProstClient(url, timeout=60, retries=0) as raw:
             assert c.search("a red circle", top_k=3)
             server_pid = int(next(p for p in processes_using(repo) if "tritonserver " in p).split(":")[0])
             [stub] = [s.pid for key, s in live_stubs(server_pid).items() if key[0] == P.GALLERY_MODEL]
             os.kill(stub, signal.SIGKILL)
-            with pytest.raises(errors.ServerError, match="is not healthy"):
-                c.search("a red circle moves", top_k=3)
-            wait_for(lambda: f"reloaded {P.GALLERY_MODEL} in" in err.read_text(), proc, err, 30)
+            with pytest.raises(errors.ServerError, match="is not healthy"):  # what a client without retries sees
+                raw.search("a red circle moves", top_k=3)
+            started = time.monotonic()
+            assert c.search("a red circle moves left", top_k=3)  # the default client waits out the reload
+            assert f"reloaded {P.GALLERY_MODEL} in" in err.read_text() and time.monotonic() - started < 60
             assert "stub prost_gallery_0_0 of prost_gallery died" in err.read_text()
             assert c.search("a red circle moves up", top_k=3)
             assert [key for key in live_stubs(server_pid) if key[0] == P.GALLERY_MODEL]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+
+
+def test_prost_serve_restarts_a_killed_server_and_patient_callers_see_no_error(model_repository, tmp_path):
+    """tritonserver killed with SIGKILL under `prost serve --restart-on-crash`: it is started again (logged); a caller
+    whose deadline outlasts the restart gets its answer, one with a short deadline an error in time, not a hang."""
+    from prost_model_repository.server import free_ports
+
+    repo = tmp_path / "repo"
+    shutil.copytree(model_repository, repo)
+    ports = free_ports(3)
+    err = tmp_path / "serve.err"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "prost_cli.main", "serve", "--repository", str(repo),
+                                 "--grpc-port", str(ports[0]), "--http-port", str(ports[1]), "--metrics-port",
+                                 str(ports[2]), "--restart-on-crash", "--grace", "8"], stderr=stderr)
+    try:
+        wait_for(lambda: "ready in" in err.read_text(), proc, err)
+        url = f"127.0.0.1:{ports[0]}"
+        with ProstClient(url, timeout=90) as patient, ProstClient(url, timeout=1.5) as hurried:
+            assert patient.search("a red circle", top_k=3) and hurried.search("a blue square", top_k=3)
+            server_pid = int(next(p for p in processes_using(repo) if "tritonserver " in p).split(":")[0])
+            os.kill(server_pid, signal.SIGKILL)
+            started = time.monotonic()
+            with pytest.raises((errors.UnavailableError, errors.DeadlineError)):
+                hurried.search("a blue square moves", top_k=3)
+            assert time.monotonic() - started < 10
+            assert patient.search("a red circle moves left", top_k=3)
+        assert "restarting it (1 of at most" in err.read_text() and "tritonserver restarted in" in err.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert proc.returncode == 0, err.read_text()
 
 
 def processes_using(repository: Path) -> list[str]:
