@@ -92,8 +92,16 @@ class _Base:
     def _run(self, plan: Plan):
         raise NotImplementedError
 
-    def _retry_delay(self, step: Call, error: ClientError, started: float, previous: float | None) -> float:
-        """The wait before retrying `step`, or `error` raised (see wire.retry_delay)."""
+    def _retry_delay(self, step: Call, outcome, started: float, previous: float | None) -> float | None:
+        """None when `outcome` (a result, or the call's exception) is the answer; else the wait before trying `step`
+        again, or the ClientError raised when it may not be retried (see wire.retry_delay)."""
+        if isinstance(outcome, InferenceServerException):
+            error = from_triton(outcome, step.context, self.url)
+        else:
+            self._server_seen = True
+            error = wire.incomplete(step.kwargs, outcome) if step.method == "infer" else None
+            if error is None:
+                return None
         delay = wire.retry_delay(step.method, error, started, step.kwargs["client_timeout"], previous,
                                  self._server_seen) if self._retries else None
         if delay is None:
@@ -513,14 +521,12 @@ class ProstClient(_Base):
         started, delay = time.monotonic(), None
         while True:  # a call, retried within its deadline while wire.retry_delay says so
             try:
-                result = getattr(self._triton, step.method)(**wire.remaining(step.kwargs, started))
-                self._server_seen = True
-                error = wire.incomplete(step.kwargs, result) if step.method == "infer" else None
-                if error is None:
-                    return result
+                outcome = getattr(self._triton, step.method)(**wire.remaining(step.kwargs, started))
             except InferenceServerException as exc:
-                error = from_triton(exc, step.context, self.url)
-            delay = self._retry_delay(step, error, started, delay)
+                outcome = exc
+            delay = self._retry_delay(step, outcome, started, delay)
+            if delay is None:
+                return outcome
             time.sleep(delay)
 
 
@@ -561,12 +567,10 @@ class AsyncProstClient(_Base):
         started, delay = time.monotonic(), None
         while True:  # a call, retried within its deadline while wire.retry_delay says so
             try:
-                result = await getattr(self._triton, step.method)(**wire.remaining(step.kwargs, started))
-                self._server_seen = True
-                error = wire.incomplete(step.kwargs, result) if step.method == "infer" else None
-                if error is None:
-                    return result
+                outcome = await getattr(self._triton, step.method)(**wire.remaining(step.kwargs, started))
             except InferenceServerException as exc:
-                error = from_triton(exc, step.context, self.url)
-            delay = self._retry_delay(step, error, started, delay)
+                outcome = exc
+            delay = self._retry_delay(step, outcome, started, delay)
+            if delay is None:
+                return outcome
             await asyncio.sleep(delay)
