@@ -11,7 +11,7 @@ from pathlib import Path
 from prost_client import protocol as P
 from prost_client.client import ProstClient
 from prost_client.errors import ClientError
-from prost_client.wire import VideoSource
+from prost_client.wire import TLS, VideoSource
 
 EXIT_SKIPPED = 3  # `index` published, but left videos out: scripts can tell it from success (0) and failure (1)
 
@@ -30,6 +30,15 @@ def _common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
     parser.add_argument("--repository-key", default=default(os.environ.get("PROST_REPOSITORY_KEY")),
                         help="key of the server's model-repository endpoints, needed to publish (default: "
                              "$PROST_REPOSITORY_KEY, else the key file `prost serve` wrote into --repository)")
+    parser.add_argument("--inference-key", default=default(os.environ.get("PROST_INFERENCE_KEY")),
+                        help="the server's inference key, when `prost serve --inference-key` set one (default: "
+                             "$PROST_INFERENCE_KEY)")
+    parser.add_argument("--tls-ca", type=Path, default=default(None),
+                        help="connect over TLS, verifying the server with this PEM CA (default: plaintext)")
+    parser.add_argument("--tls-cert", type=Path, default=default(None),
+                        help="mutual TLS: this client's PEM certificate (with --tls-key; default: none)")
+    parser.add_argument("--tls-key", type=Path, default=default(None), help="mutual TLS: the key of --tls-cert "
+                        "(default: none)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with ProstClient(args.url, timeout=args.timeout, repository_key=args.repository_key) as client:
+        tls = TLS(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca or args.tls_cert else None
+        with ProstClient(args.url, timeout=args.timeout, repository_key=args.repository_key,
+                         inference_key=args.inference_key, tls=tls) as client:
             return int(args.func(client, args) or 0)
     except ClientError as exc:
         print(f"prost-client {args.command}: error: {exc}", file=sys.stderr)

@@ -31,9 +31,9 @@ from prost_client import gallery_format as F, protocol as P, wire
 from prost_client.errors import ClientError, InvalidRequestError, NotFoundError, PermissionDeniedError, UnavailableError
 from prost_client.errors import from_triton
 from prost_client.protocol import REPOSITORY_KEY_HEADER
-from prost_client.wire import SearchHit, VideoSource
+from prost_client.wire import TLS, SearchHit, VideoSource
 
-__all__ = ["AsyncProstClient", "ProstClient", "REPOSITORY_KEY_HEADER", "SearchHit"]
+__all__ = ["AsyncProstClient", "ProstClient", "REPOSITORY_KEY_HEADER", "SearchHit", "TLS"]
 
 # Models a client needs before it is "ready".
 READY_MODELS = (P.TEXT_SEARCH_MODEL, P.ENCODE_TEXT_MODEL, P.ENCODE_VIDEO_MODEL, P.SIMILARITY_MODEL, P.SCORE_MODEL)
@@ -61,8 +61,8 @@ class _Base:
     """Settings and every operation, as plans; subclasses only run them (`_run`)."""
 
     def __init__(self, url: str = "127.0.0.1:8001", *, timeout: float = 30.0, retries: int = 3,
-                 repository_key: str | None = None, load_timeout: float = 300.0, text_batch_size: int = 32,
-                 video_batch_size: int = 4) -> None:
+                 repository_key: str | None = None, inference_key: str | None = None, tls: wire.TLS | None = None,
+                 load_timeout: float = 300.0, text_batch_size: int = 32, video_batch_size: int = 4) -> None:
         """
         Args:
             url: host:port of Triton's gRPC endpoint.
@@ -73,6 +73,9 @@ class _Base:
                 deadline while the server recovers (a dead backend stub, a restart; `wire.retry_delay`). 0 disables
                 both.
             repository_key: the server's key for the restricted model-repository endpoints (load/unload, index).
+            inference_key: the server's inference key (`prost serve --inference-key`), sent with every call.
+            tls: connect over TLS (`wire.TLS`: the CA that signed the server's certificate, and for mutual TLS this
+                client's certificate and key).
             load_timeout: deadline of a model load (publishing a gallery).
             text_batch_size, video_batch_size: items per request, lowered to the served max_batch_size (read from
                 the server once) when larger.
@@ -82,6 +85,8 @@ class _Base:
                               f"{url!r}")
         self.url, self.timeout, self.load_timeout = url, timeout, load_timeout
         self.repository_key = repository_key or None  # an empty PROST_REPOSITORY_KEY is no key
+        self.inference_key = inference_key or None
+        self._tls_kwargs = tls.channel_kwargs() if tls is not None else {}
         self.text_batch_size, self.video_batch_size = text_batch_size, video_batch_size
         self._served_batch: tuple[int, int] | None = None  # (texts, videos) max_batch_size; None: not read yet
         self._channel_args = wire.channel_args(retries)
@@ -187,6 +192,7 @@ class _Base:
 
     def _call(self, method: str, context: str, **kwargs) -> Call:
         kwargs.setdefault("client_timeout", self.timeout)
+        kwargs["headers"] = wire.with_inference_key(kwargs.get("headers"), self.inference_key)
         return Call(method, kwargs, context)
 
     def _infer(self, request: dict) -> Call:
@@ -490,7 +496,7 @@ class ProstClient(_Base):
 
     def __init__(self, url: str = "127.0.0.1:8001", **kwargs) -> None:
         super().__init__(url, **kwargs)
-        self._triton = grpcclient.InferenceServerClient(url, channel_args=self._channel_args)
+        self._triton = grpcclient.InferenceServerClient(url, channel_args=self._channel_args, **self._tls_kwargs)
 
     def close(self) -> None:
         self._triton.close()
@@ -536,7 +542,7 @@ class AsyncProstClient(_Base):
 
     def __init__(self, url: str = "127.0.0.1:8001", **kwargs) -> None:
         super().__init__(url, **kwargs)
-        self._triton = grpcaio.InferenceServerClient(url, channel_args=self._channel_args)
+        self._triton = grpcaio.InferenceServerClient(url, channel_args=self._channel_args, **self._tls_kwargs)
 
     async def close(self) -> None:
         await self._triton.close()

@@ -63,8 +63,12 @@ def from_triton(exc: Exception, context: str = "", url: str = "") -> ClientError
     # Triton answers a restricted protocol without its header with UNAVAILABLE; it is a permission problem.
     if status == "UNAVAILABLE" and "protocol is restricted" in message:
         cls: type[ClientError] = PermissionDeniedError
-        message += (" (pass the server's repository key: --repository-key, PROST_REPOSITORY_KEY or "
-                    "ProstClient(repository_key=...))")
+        if "inference-key" in message:
+            message += (" (pass the server's inference key: --inference-key, PROST_INFERENCE_KEY or "
+                        "ProstClient(inference_key=...))")
+        else:
+            message += (" (pass the server's repository key: --repository-key, PROST_REPOSITORY_KEY or "
+                        "ProstClient(repository_key=...))")
     elif "Deadline Exceeded" in message:
         cls = DeadlineError
     else:

@@ -54,4 +54,7 @@ REPOSITORY_ID_PARAM = "REPOSITORY_ID"
 # Header of the restricted model-repository protocol; the server runs with
 # --grpc-restricted-protocol=model-repository:<REPOSITORY_KEY_HEADER>=<key> (Triton prefixes gRPC headers).
 REPOSITORY_KEY_HEADER = "prost-repository-key"
+# Header of the optional inference key (`prost serve --inference-key`), restricting the inference and health
+# protocols the same way.
+INFERENCE_KEY_HEADER = "prost-inference-key"
 GRPC_RESTRICTED_PREFIX = "triton-grpc-protocol-"

@@ -101,8 +101,36 @@ def channel_args(retries: int) -> list[tuple[str, object]]:
     return args
 
 
+@dataclass(frozen=True)
+class TLS:
+    """gRPC over TLS from the client's side (PEM files): `ca` verifies the server (None: the system's roots);
+    `cert` and `key` identify this client to a server that asks for it (mutual TLS)."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def channel_kwargs(self) -> dict:
+        """tritonclient's InferenceServerClient arguments for this TLS setting."""
+        if (self.cert is None) != (self.key is None):
+            raise ClientError("a client certificate needs both its cert and its key (--tls-cert and --tls-key)")
+        for path in (self.ca, self.cert, self.key):
+            if path is not None and not Path(path).is_file():
+                raise ClientError(f"TLS file {path} does not exist")
+        return {"ssl": True, "root_certificates": None if self.ca is None else str(self.ca),
+                "private_key": None if self.key is None else str(self.key),
+                "certificate_chain": None if self.cert is None else str(self.cert)}
+
+
 def key_headers(repository_key: str | None) -> dict[str, str] | None:
     return {P.GRPC_RESTRICTED_PREFIX + P.REPOSITORY_KEY_HEADER: repository_key} if repository_key else None
+
+
+def with_inference_key(headers: dict[str, str] | None, inference_key: str | None) -> dict[str, str] | None:
+    """A call's headers plus the inference key's, when the client has one."""
+    if not inference_key:
+        return headers
+    return {**(headers or {}), P.GRPC_RESTRICTED_PREFIX + P.INFERENCE_KEY_HEADER: inference_key}
 
 
 def as_texts(texts: str | Sequence[str]) -> list[str]:

@@ -33,10 +33,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from prost.errors import RepositoryError
-from prost_client.protocol import REPOSITORY_KEY_HEADER
+from prost_client.protocol import INFERENCE_KEY_HEADER, REPOSITORY_KEY_HEADER
 from prost_model_repository import storage
 from prost_model_repository.watchdog import StubWatchdog
 
@@ -53,6 +54,28 @@ _PDEATHSIG_EXEC = (
     "    sys.exit(1)  # the parent died before prctl: do not start an orphan\n"
     "os.execv(sys.argv[2], sys.argv[2:])\n"
 )
+
+
+@dataclass(frozen=True)
+class TLS:
+    """gRPC over TLS: the server's certificate chain and private key (PEM files); with `ca`, mutual TLS: clients
+    must present a certificate that `ca` signed."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cert", "key", "ca"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise RepositoryError(f"--tls-{name} {path} is not a file")
+
+    def args(self) -> list[str]:
+        args = ["--grpc-use-ssl=true", f"--grpc-server-cert={self.cert}", f"--grpc-server-key={self.key}"]
+        if self.ca is not None:
+            args += [f"--grpc-root-cert={self.ca}", "--grpc-use-ssl-mutual=true"]
+        return args
 
 
 class StopRequested(Exception):
@@ -155,6 +178,7 @@ class TritonServer:
                  metrics_port: int = 8002, host: str = "127.0.0.1", log_dir: str | Path | None = None,
                  models: list[str] | None = None, repository_key: str | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, ready_timeout: float = 180.0, grace: float = 30.0,
+                 tls: TLS | None = None, inference_key: str | None = None,
                  extra_args: list[str] | None = None) -> None:
         """
         Args:
@@ -166,13 +190,18 @@ class TritonServer:
             cache_bytes: size of the local response cache.
             ready_timeout: seconds to wait for every model to be ready.
             grace: seconds between SIGINT and SIGKILL when stopping (Triton's exit timeout is grace - 5, min 1).
+            tls: serve gRPC over TLS. HTTP, which Triton serves without TLS, then listens on 127.0.0.1 only.
+            inference_key: restrict the inference and health protocols (gRPC and HTTP) to callers sending it.
         """
         self.repository = Path(repository).resolve()
         check_repository(self.repository)
         self.host, self.grpc_port, self.http_port, self.metrics_port = host, grpc_port, http_port, metrics_port
-        for name, port, flag in (("gRPC", grpc_port, "--grpc-port"), ("HTTP", http_port, "--http-port"),
-                                 ("metrics", metrics_port, "--metrics-port")):
-            problem = port_problem(host, port)
+        self.tls, self.inference_key = tls, inference_key or None
+        self.http_host = "127.0.0.1" if tls is not None else host  # no plaintext next to TLS beyond this machine
+        for name, port, flag, address in (("gRPC", grpc_port, "--grpc-port", host),
+                                          ("HTTP", http_port, "--http-port", self.http_host),
+                                          ("metrics", metrics_port, "--metrics-port", host)):
+            problem = port_problem(address, port)
             if problem == "in use":
                 raise RepositoryError(f"port {port} is in use ({name}); pick another with {flag}")
             if problem:
@@ -195,7 +224,7 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
-        return f"http://{self._connect_host}:{self.http_port}"
+        return f"http://{'127.0.0.1' if self.tls else self._connect_host}:{self.http_port}"
 
     @property
     def _connect_host(self) -> str:
@@ -212,12 +241,17 @@ class TritonServer:
         key = f"{REPOSITORY_KEY_HEADER}={self.repository_key}"
         args = [str(binary), f"--model-repository={self.repository}", "--model-control-mode=explicit",
                 f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
-                f"--http-address={self.host}", f"--http-port={self.http_port}",
+                f"--http-address={self.http_host}", f"--http-port={self.http_port}",
                 f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
                 f"--cache-config=local,size={self.cache_bytes}",
                 f"--grpc-restricted-protocol=model-repository:{key}",
                 f"--http-restricted-api=model-repository:{key}",
                 f"--exit-timeout-secs={max(1, int(self.grace) - 5)}"]
+        if self.inference_key:
+            inference = f"inference,health:{INFERENCE_KEY_HEADER}={self.inference_key}"
+            args += [f"--grpc-restricted-protocol={inference}", f"--http-restricted-api={inference}"]
+        if self.tls is not None:
+            args += self.tls.args()
         args += [f"--load-model={m}" for m in (self.models or ["*"])]
         if wheel_root is not None:
             args += [f"--backend-directory={python_backend_dir(wheel_root, self.log_dir / 'backends')}",
@@ -300,8 +334,10 @@ class TritonServer:
         return states
 
     def _http_ok(self, path: str) -> bool:
+        headers = {INFERENCE_KEY_HEADER: self.inference_key} if self.inference_key else {}
         try:
-            with urllib.request.urlopen(f"{self.http_url}{path}", timeout=2) as response:
+            with urllib.request.urlopen(urllib.request.Request(f"{self.http_url}{path}", headers=headers),
+                                        timeout=2) as response:
                 return response.status == 200
         except (OSError, urllib.error.URLError):
             return False
@@ -427,6 +463,13 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--log-dir", type=Path, help="server log and backend directory (default: a temp dir)")
     parser.add_argument("--repository-key", default=os.environ.get("PROST_REPOSITORY_KEY"),
                         help="key for model load/unload (default: $PROST_REPOSITORY_KEY, else generated)")
+    parser.add_argument("--tls-cert", type=Path, help="serve gRPC over TLS with this PEM certificate chain (HTTP then "
+                        "listens on 127.0.0.1 only: Triton serves it without TLS)")
+    parser.add_argument("--tls-key", type=Path, help="the PEM private key of --tls-cert")
+    parser.add_argument("--tls-ca", type=Path, help="mutual TLS: clients must present a certificate this PEM CA signed")
+    parser.add_argument("--inference-key", default=os.environ.get("PROST_INFERENCE_KEY"),
+                        help="restrict inference and health to callers sending this key (default: "
+                             "$PROST_INFERENCE_KEY, else open); clients pass --inference-key")
     parser.add_argument("--ready-timeout", type=float, default=300.0,
                         help="seconds to wait for every model to load before giving up")
     parser.add_argument("--grace", type=float, default=30.0, help="seconds from SIGINT to SIGKILL when stopping")
@@ -439,10 +482,19 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_serve_cmd)
 
 
+def _tls(args: argparse.Namespace) -> TLS | None:
+    if args.tls_cert is None and args.tls_key is None and args.tls_ca is None:
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise RepositoryError("TLS needs both --tls-cert and --tls-key (and --tls-ca for mutual TLS)")
+    return TLS(args.tls_cert, args.tls_key, args.tls_ca)
+
+
 def _serve_cmd(args: argparse.Namespace) -> int:
     server = TritonServer(args.repository, grpc_port=args.grpc_port, http_port=args.http_port,
                           metrics_port=args.metrics_port, host=args.host, log_dir=args.log_dir,
-                          repository_key=args.repository_key, ready_timeout=args.ready_timeout, grace=args.grace)
+                          repository_key=args.repository_key, ready_timeout=args.ready_timeout, grace=args.grace,
+                          tls=_tls(args), inference_key=args.inference_key)
     # prost-client index --repository reads the key there; a read-only repository keeps it beside the logs. Written
     # before the start, so a client that sees the server ready finds it.
     key_file = storage.write_key(server.repository, server.repository_key) or storage.write_key(

@@ -11,9 +11,15 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from prost_model_repository.compat import numpy_problem
+
 
 class ParameterError(ValueError):
     """A config `parameters` entry is missing or invalid; raised in `initialize`, so the model does not load."""
+
+
+if numpy_problem(np.__version__):  # every model imports this module first: none loads, each saying why
+    raise ImportError(numpy_problem(np.__version__))
 
 
 def model_config(args: dict) -> dict:

@@ -450,3 +450,10 @@ def test_onnxruntime_engine_caches_are_keyed_by_graph_content(onnx_dir, tmp_path
     assert first == again
     assert all(first[name] != retrained[name] for name in GRAPHS if name != P.SIMILARITY_MODEL)
     assert first[P.SIMILARITY_MODEL] == retrained[P.SIMILARITY_MODEL]  # weight-free: the same graph, rightly shared
+
+
+def test_the_python_models_refuse_numpy_2_and_say_why():
+    from prost_model_repository.compat import numpy_problem
+
+    assert numpy_problem("1.26.4") is None
+    assert "numpy<2" in numpy_problem("2.0.1") and "numpy==1.26.4" in numpy_problem("2.2.0")
