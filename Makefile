@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo reliability clean
 
 setup: $(VENV)/.installed
 
@@ -17,6 +17,10 @@ test: setup
 
 demo: setup
 	$(PY) -m prost_cli.demo --workdir demo
+
+# Minutes per case (not part of `make test`, which runs it with --smoke): writes reliability/report.md and .json.
+reliability: setup
+	$(PY) bench/reliability.py --out reliability
 
 clean:
 	rm -rf $(VENV) demo

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Starts Triton with its model-repository endpoints behind a key. Load accepts uploaded files (a python-backend
-# model.py is code), so the image refuses to start without PROST_REPOSITORY_KEY. Extra arguments go to tritonserver.
+# model.py is code), so the image refuses to start without PROST_REPOSITORY_KEY. PROST_INFERENCE_KEY, when set,
+# restricts inference and health the same way. Extra arguments go to tritonserver.
 set -eu
 if [ -z "${PROST_REPOSITORY_KEY:-}" ]; then
   echo "prost-triton: set PROST_REPOSITORY_KEY (docker run -e PROST_REPOSITORY_KEY=...); clients pass the same key" \
@@ -8,6 +9,10 @@ if [ -z "${PROST_REPOSITORY_KEY:-}" ]; then
   exit 2
 fi
 key="prost-repository-key=${PROST_REPOSITORY_KEY}"
+if [ -n "${PROST_INFERENCE_KEY:-}" ]; then
+  inference="inference,health:prost-inference-key=${PROST_INFERENCE_KEY}"
+  set -- --grpc-restricted-protocol="${inference}" --http-restricted-api="${inference}" "$@"
+fi
 exec tritonserver --model-repository=/models --model-control-mode=explicit --load-model='*' \
   --cache-config=local,size=268435456 \
   --grpc-restricted-protocol="model-repository:${key}" --http-restricted-api="model-repository:${key}" "$@"

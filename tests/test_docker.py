@@ -129,3 +129,16 @@ def test_pip_install_missing_keeps_what_the_base_image_constrains(tmp_path):
     assert args[:4] == ["install", "--no-cache-dir", "--constraint", str(constraints)]
     assert args[4:] == ["av==18.1.0", "tritonclient[grpc]==2.73.0", "numpy-financial==1.0.0"]
     assert "keeping the base image's numpy" in result.stdout + result.stderr
+
+
+def test_serving_image_restricts_inference_when_given_a_key(tmp_path):
+    from prost_client.protocol import INFERENCE_KEY_HEADER
+
+    result = _run_entrypoint(tmp_path, {"PROST_REPOSITORY_KEY": "r", "PROST_INFERENCE_KEY": "i"}, "--log-verbose=1")
+    assert result.returncode == 0, result.stderr
+    args = result.stdout.splitlines()
+    assert f"--grpc-restricted-protocol=inference,health:{INFERENCE_KEY_HEADER}=i" in args
+    assert f"--http-restricted-api=inference,health:{INFERENCE_KEY_HEADER}=i" in args
+    assert args[-1] == "--log-verbose=1"
+    plain = _run_entrypoint(tmp_path, {"PROST_REPOSITORY_KEY": "r"}).stdout
+    assert "inference,health" not in plain
