@@ -258,6 +258,18 @@ def faults(served: Served, sizes: dict) -> list[dict]:
     return rows
 
 
+def rebuild_and_load(served: Served, export: Path) -> dict:
+    """`prost repository build` from another export (new text and video encoders) into the served repository, then
+    each changed model loaded through the repository API, encoders first: the swap a deployment makes."""
+    started = time.monotonic()
+    write_repository(export, served.repository)
+    client = grpcclient.InferenceServerClient(served.url)
+    for model in (P.VIDEO_MODEL, P.TEXT_MODEL, P.SIMILARITY_MODEL, P.GALLERY_MODEL):
+        client.load_model(model, headers=wire.key_headers(served.key), client_timeout=300)
+    client.close()
+    return {"swap_s": round(time.monotonic() - started, 2)}
+
+
 def access(repository: Path, work: Path) -> list[dict]:
     """TLS and the inference key on a second server: each way in refused without, served with."""
     cert, key = work / "cert.pem", work / "key.pem"
@@ -307,6 +319,9 @@ def run(out: Path, smoke: bool) -> dict:
         report["publish_under_load"] = search_load(
             served.url, sizes["fault_callers"], sizes["fault_seconds"], "publish",
             lambda t0: {"publish_s": publish_random_gallery(served, sizes["videos"], seed=2)})
+        other = export_onnx(prost.create_model("tiny", seed=1), work / "export-retrained", parity=False)
+        report["rebuild_under_load"] = search_load(served.url, sizes["fault_callers"], sizes["fault_seconds"],
+                                                   "rebuild", lambda t0: rebuild_and_load(served, other))
     finally:
         report["serve_exit"] = served.stop()
         report["serve_log_tail"] = served.log.read_text()[-1500:]
@@ -324,7 +339,7 @@ def verdict(report: dict) -> dict:
         "malformed_kinds": len(report["malformed"]),
         "unhealthy_after_malformed": sum(not row["healthy"] for row in report["malformed"]),
         "failed_calls_under_faults": sum(row["failed"] for row in report["faults"])
-        + report["publish_under_load"]["failed"],
+        + report["publish_under_load"]["failed"] + report["rebuild_under_load"]["failed"],
         "failed_calls_under_load": load["failed"],
         "rss_growth_pct": round(100 * (load["rss_after_mib"] / load["rss_before_mib"] - 1), 1),
         "access_as_expected": all(row["got"] == row["expected"] for row in report["access"]),
@@ -348,6 +363,9 @@ def markdown(report: dict) -> str:
     pub = report["publish_under_load"]
     lines.append(f"| gallery publish under load | {pub['sent']} sent, {pub['failed']} failed, published in "
                  f"{pub['during']['publish_s']} s |")
+    rebuild = report["rebuild_under_load"]
+    lines.append(f"| repository rebuild with new encoders, loaded under load | {rebuild['sent']} sent, "
+                 f"{rebuild['failed']} failed, swapped in {rebuild['during']['swap_s']} s |")
     lines.append(f"| TLS and keys | {'as expected' if v['access_as_expected'] else 'NOT as expected'}: "
                  + "; ".join(f"{r['client']}: {r['got']}" for r in report["access"]) + " |")
     lines += ["", "## Malformed requests", "", "| model | request | status | healthy after |", "|---|---|---|---|"]
