@@ -64,9 +64,9 @@ class Served:
                 raise RuntimeError(f"prost serve: no {text!r}:\n{self.log.read_text()[-3000:]}")
             time.sleep(0.2)
 
-    def pids(self) -> list[int]:
-        """tritonserver and its python-backend stubs (live processes naming the repository)."""
-        found = []
+    def processes(self) -> dict[int, str]:
+        """tritonserver and its python-backend stubs (live processes naming the repository): pid -> command line."""
+        found = {}
         for entry in Path("/proc").iterdir():
             try:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -74,18 +74,22 @@ class Served:
             except (OSError, ValueError):
                 continue
             if str(self.repository) in cmdline and state != "Z" and ("tritonserver " in cmdline or "_stub " in cmdline):
-                found.append(int(entry.name))
+                found[int(entry.name)] = cmdline
         return found
 
     def server_pid(self) -> int:
-        return next(p for p in self.pids() if "tritonserver " in Path(f"/proc/{p}/cmdline").read_bytes()
-                    .replace(b"\0", b" ").decode())
+        return next(pid for pid, cmdline in self.processes().items() if "tritonserver " in cmdline)
 
     def rss_mib(self) -> float:
+        """Resident memory of tritonserver and its stubs; a process that exits meanwhile (an unloaded version's
+        stub) counts as gone."""
         total = 0
-        for pid in self.pids():
-            status = Path(f"/proc/{pid}/status").read_text()
-            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+        for pid in self.processes():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+            except (OSError, StopIteration):
+                continue
         return round(total / 1024, 1)
 
     def stop(self) -> int:
@@ -238,8 +242,9 @@ def faults(served: Served, sizes: dict) -> list[dict]:
     def kill_stub(model: str):
         def inject(t0: float) -> dict:
             time.sleep(max(0.0, t0 + 2 - time.monotonic()))
-            [pid] = [s.pid for key, s in live_stubs(served.server_pid()).items() if key[0] == model]
-            os.kill(pid, signal.SIGKILL)
+            for key, stub in live_stubs(served.server_pid()).items():
+                if key[0] == model:
+                    os.kill(stub.pid, signal.SIGKILL)
             killed = time.monotonic()
             return {"recovery_s": recovery_seconds(served.url, killed)}
         return inject
