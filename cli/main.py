@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "prost_export.tensorrt",  # prost build-engines
     "prost_model_repository.writer",  # prost repository build
     "prost_model_repository.server",  # prost serve
+    "prost_cli.gallery",  # prost gallery encode | build | search
 )
 
 
@@ -54,26 +55,30 @@ def _has_default(action: argparse.Action) -> bool:
     return action.default is not None and action.default is not False and action.default != argparse.SUPPRESS
 
 
-def onnxruntime_conflict(version: Callable[[str], str] = importlib.metadata.version) -> str | None:
-    """Why this environment cannot run ONNX Runtime reliably, or None: `onnxruntime` (the `cpu` extra) and
-    `onnxruntime-gpu` (the `gpu` extra) install the same module, and whichever was installed last wins silently."""
-    found = {}
-    for name in ("onnxruntime", "onnxruntime-gpu"):
-        try:
-            found[name] = version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    if len(found) < 2:
-        return None
-    return (f"both onnxruntime {found['onnxruntime']} and onnxruntime-gpu {found['onnxruntime-gpu']} are installed; "
-            f"they provide the same module, so which one runs is an accident. On a GPU host: `pip uninstall -y "
-            f"onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu=={found['onnxruntime-gpu']}`; on CPU: "
-            f"`pip uninstall -y onnxruntime-gpu`")
+# Packages of the `cpu` and `gpu` extras that install the same module (whichever was installed last wins silently).
+EXCLUSIVE = (("onnxruntime", "onnxruntime-gpu"), ("faiss-cpu", "faiss-gpu-cu12"))
+
+
+def extras_conflict(version: Callable[[str], str] = importlib.metadata.version) -> str | None:
+    """Why this environment cannot run reliably, or None: a package of the `cpu` extra and its `gpu` twin are both
+    installed (ONNX Runtime, FAISS), so which one runs is an accident."""
+    for cpu, gpu in EXCLUSIVE:
+        found = {}
+        for name in (cpu, gpu):
+            try:
+                found[name] = version(name)
+            except importlib.metadata.PackageNotFoundError:
+                pass
+        if len(found) == 2:
+            return (f"both {cpu} {found[cpu]} and {gpu} {found[gpu]} are installed; they provide the same module, so "
+                    f"which one runs is an accident. On a GPU host: `pip uninstall -y {cpu} {gpu} && pip install "
+                    f"{gpu}=={found[gpu]}`; on CPU: `pip uninstall -y {gpu}`")
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    conflict = onnxruntime_conflict()
+    conflict = extras_conflict()
     if conflict:
         print(f"prost: error: {conflict}", file=sys.stderr)
         return 1

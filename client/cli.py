@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait (default: 300)")
     wait.set_defaults(func=_wait)
 
+    reload = sub.add_parser("reload", parents=[common], help="serve the newest gallery version in the repository",
+                            description="Load prost_gallery again, so the server serves the newest version in its "
+                                        "repository (e.g. after `prost gallery build --repository`).")
+    reload.set_defaults(func=_reload)
+
     score = sub.add_parser("score", parents=[common], help="S = S_es + beta * S_op of texts against video files",
                            description="Score every text against every video file: S = S_es + beta * S_op, one "
                                        "line per pair.")
@@ -119,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
 def _wait(client: ProstClient, args: argparse.Namespace) -> int:
     client.wait_ready(timeout=args.ready_timeout)
     print(f"ready: {args.url}")
+    return 0
+
+
+def _reload(client: ProstClient, args: argparse.Namespace) -> int:
+    print(f"serving {P.GALLERY_MODEL} version {client.reload_gallery()}")
     return 0
 
 

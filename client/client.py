@@ -183,6 +183,12 @@ class _Base:
         """The highest served version of prost_gallery, or None when none is loaded."""
         return self._run(self._gallery_version())
 
+    def reload_gallery(self) -> int | None:
+        """Load prost_gallery again, so the server serves the newest version in its repository (one written by
+        `prost gallery build --repository`); returns the served version. A version that fails to load raises
+        ClientError with Triton's reason, and the previous one keeps serving."""
+        return self._run(self._reload_gallery())
+
     # Plans.
 
     @property
@@ -454,6 +460,11 @@ class _Base:
         index = yield self._call("get_model_repository_index", "repository index", as_json=True,
                                  headers=wire.key_headers(key))
         return wire.model_versions(index, P.GALLERY_MODEL)
+
+    def _reload_gallery(self) -> Plan:
+        yield self._call("load_model", f"load {P.GALLERY_MODEL}", model_name=P.GALLERY_MODEL,
+                         client_timeout=self.load_timeout, headers=wire.key_headers(self.repository_key))
+        return (yield from self._gallery_version())
 
     def _gallery_version(self) -> Plan:
         try:

@@ -7,6 +7,8 @@ A version directory `prost_gallery/<N>/` holds:
   gallery.safetensors   "objects" fp16 [N, L, No, D] and "events" fp16 [N, Ne, D]; its metadata names the video
                         encoder that produced them (ENCODER_STAMP)
   video_ids.json        {"video_ids": [N strings]}, row i of the tensors belongs to video_ids[i]
+This is what clients write: one exact segment at the root. `prost gallery build` writes the segmented, indexed
+layout of `prost.gallery.store` (a `gallery.json` beside these files), which the server reads as well.
 """
 
 from __future__ import annotations
@@ -31,27 +33,38 @@ from prost_model_repository.gallery.impl import TritonPythonModel  # noqa: F401
 '''
 
 
-def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
-    """Serialise arrays in the safetensors layout: u64 header length, JSON header, contiguous data."""
-    dtypes = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.int32): "I32"}
+# safetensors dtype names of the numpy dtypes galleries store.
+SAFETENSORS_DTYPES = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.int32): "I32",
+                      np.dtype(np.uint8): "U8", np.dtype(np.int64): "I64"}
+
+
+def safetensors_header_bytes(shapes: dict[str, tuple[np.dtype, tuple[int, ...]]],
+                             metadata: dict[str, str] | None = None) -> bytes:
+    """The u64 length and padded JSON header of a safetensors file whose tensors (dtype, shape) follow in order, so
+    a writer can stream the data after it."""
     header: dict[str, object] = {"__metadata__": dict(metadata or {})}
-    chunks, offset = [], 0
-    for name, array in tensors.items():
-        array = np.ascontiguousarray(array)
-        if array.dtype not in dtypes:
-            raise TypeError(f"tensor {name!r}: unsupported dtype {array.dtype}")
-        data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": dtypes[array.dtype], "shape": list(array.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        chunks.append(data)
-        offset += len(data)
+    offset = 0
+    for name, (dtype, shape) in shapes.items():
+        dtype = np.dtype(dtype)
+        if dtype not in SAFETENSORS_DTYPES:
+            raise TypeError(f"tensor {name!r}: unsupported dtype {dtype}")
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the format pads the header to 8 bytes
-    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+    return struct.pack("<Q", len(text)) + text
 
 
-def safetensors_metadata(path: Path) -> dict[str, str]:
-    """The `__metadata__` of a safetensors file, read from its header alone; ValueError when it is not one."""
+def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
+    """Serialise arrays in the safetensors layout: u64 header length, JSON header, contiguous data."""
+    arrays = {name: np.ascontiguousarray(a) for name, a in tensors.items()}
+    head = safetensors_header_bytes({name: (a.dtype, a.shape) for name, a in arrays.items()}, metadata)
+    return head + b"".join(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes() for a in arrays.values())
+
+
+def safetensors_header(path: Path) -> tuple[dict, int]:
+    """The JSON header of a safetensors file and the offset where its data starts; ValueError when it is not one."""
     with open(path, "rb") as f:
         raw = f.read(8)
         size = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
@@ -61,10 +74,14 @@ def safetensors_metadata(path: Path) -> dict[str, str]:
             header = json.loads(f.read(size))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: unreadable safetensors header ({exc})") from None
-    metadata = header.get("__metadata__", {}) if isinstance(header, dict) else None
-    if not isinstance(metadata, dict):
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__", {}), dict):
         raise ValueError(f"{path}: the safetensors header is not a JSON object with a __metadata__ object")
-    return metadata
+    return header, 8 + size
+
+
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file, read from its header alone; ValueError when it is not one."""
+    return safetensors_header(path)[0].get("__metadata__", {})
 
 
 def gallery_files(video_ids: Sequence[str], objects: np.ndarray, events: np.ndarray, *,

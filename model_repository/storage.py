@@ -80,34 +80,57 @@ class DirectoryLock:
 
 
 def write_version(model_dir: Path, files: dict[str, bytes | Path], minimum: int = 1, *, locked: bool = False) -> int:
-    """Write `files` (bytes, or paths to copy) as the next version of `model_dir` (at least `minimum`), atomically:
-    Triton never sees a half-written version. Takes the model's lock unless the caller holds it (`locked=True`)."""
+    """Write `files` (bytes, or paths to hard-link or copy) as the next version of `model_dir` (at least `minimum`),
+    atomically: Triton never sees a half-written version. Takes the model's lock unless the caller holds it
+    (`locked=True`). Paths are hard-linked where the filesystem allows: version files are never modified in place."""
     model_dir = Path(model_dir)
     with contextlib.nullcontext() if locked else DirectoryLock(model_dir):
-        version = max((versions(model_dir) or [0])[-1] + 1, minimum)
-        target = model_dir / str(version)
-        if target.exists():  # a stray file, or a writer that ignores the lock (rename would replace an empty dir)
-            raise RepositoryError(f"cannot write version {version} of {model_dir}: {target} already exists")
         model_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
         try:
             for name, data in files.items():
                 path = staging / name
                 path.parent.mkdir(parents=True, exist_ok=True)
                 if isinstance(data, Path):
-                    shutil.copyfile(data, path)
+                    _link_or_copy(data, path)
                 else:
                     path.write_bytes(data)
-                fsync_path(path)
-            staging.chmod(0o755)  # mkdtemp creates it 0700; the server may run as another user
-            fsync_path(staging)
-            staging.rename(target)
-            fsync_path(model_dir)  # a crash after this leaves the whole version or none of it
+                    fsync_path(path)
+            return commit_version(model_dir, staging, minimum)
         except OSError as exc:
-            raise RepositoryError(f"cannot write version {version} of {model_dir}: {exc}") from exc
+            raise RepositoryError(f"cannot write a version of {model_dir}: {exc}") from exc
         finally:
-            shutil.rmtree(staging, ignore_errors=True)  # gone after the rename; removes leftovers on failure
+            discard_staging(staging)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+        fsync_path(target)
+
+
+def commit_version(model_dir: Path, staging: Path, minimum: int = 1) -> int:
+    """Rename a complete staging directory (inside `model_dir`) to the next version number (at least `minimum`) and
+    return it. The caller holds the model's lock."""
+    version = max((versions(model_dir) or [0])[-1] + 1, minimum)
+    target = Path(model_dir) / str(version)
+    if target.exists():  # a stray file, or a writer that ignores the lock (rename would replace an empty dir)
+        raise RepositoryError(f"cannot write version {version} of {model_dir}: {target} already exists")
+    try:
+        staging.chmod(0o755)  # mkdtemp creates it 0700; the server may run as another user
+        fsync_path(staging)
+        staging.rename(target)
+        fsync_path(model_dir)  # a crash after this leaves the whole version or none of it
+    except OSError as exc:
+        raise RepositoryError(f"cannot write version {version} of {model_dir}: {exc}") from exc
     return version
+
+
+def discard_staging(staging: Path) -> None:
+    """Remove a staging directory's leftovers (nothing once it was committed)."""
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def stage_version(repository: Path, model: str, files: dict[str, bytes], minimum: int) -> int:

@@ -49,8 +49,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from prost.config import ProstConfig
-from prost.errors import ProstError, RepositoryError
+from prost.errors import GalleryError, ProstError, RepositoryError
 from prost.fileio import check_writable, sha256_file, write_atomic
+from prost.gallery.store import data_files, version_stamp
 from prost.model.similarity import DEFAULT_BLOCK_ELEMENTS
 from prost_client import gallery_format as G, protocol as P
 from prost_export.manifest import read_manifest
@@ -359,22 +360,22 @@ def _gallery_model(export_dir: Path, specs: dict[str, GraphSpec], beta: str, opt
     return ModelSpec(model, {G.MODEL_FILE: source, G.SIMILARITY_FILE: graph})
 
 
-def _gallery_data(out: Path, model: mc.ModelConfig, specs: dict[str, GraphSpec]) -> dict[str, bytes]:
-    """The latest gallery's data when the video encoder that produced it is the new one, else an empty gallery
-    (the caller holds the lock)."""
+def _gallery_data(out: Path, model: mc.ModelConfig, specs: dict[str, GraphSpec]) -> dict[str, bytes | Path]:
+    """The latest gallery's data files (hard-linked into the new version) when the video encoder that produced it is
+    the new one, else an empty gallery (the caller holds the lock)."""
     encoder = model.parameters[P.VIDEO_ENCODER_PARAM].string_value
     model_dir = out / P.GALLERY_MODEL
     existing = G.versions(model_dir)
     if existing:
         latest = model_dir / str(existing[-1])
         try:
-            stamp = G.safetensors_metadata(latest / G.TENSORS_FILE).get(G.ENCODER_STAMP)
+            stamp = version_stamp(latest)
             if stamp is None and _gallery_parameter(model_dir, P.VIDEO_ENCODER_PARAM) == encoder:  # written before galleries were stamped
                 return _stamp_gallery(latest, encoder)
             if stamp == encoder:
-                return {f: (latest / f).read_bytes() for f in (G.TENSORS_FILE, G.IDS_FILE)}
+                return data_files(latest)
             reason = "was encoded by another video encoder"
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, GalleryError) as exc:
             reason = f"cannot be read ({exc})"
         log.warning("%s: the gallery starts empty: its version %s %s; re-index with `prost-client index`",
                     P.GALLERY_MODEL, existing[-1], reason)

@@ -39,3 +39,7 @@ class RepositoryError(ProstError):
 
 class TrainingError(ProstError):
     """Training cannot go on (e.g. the loss diverged to NaN or infinity)."""
+
+
+class GalleryError(ProstError):
+    """A gallery version cannot be built or loaded (a missing, truncated or mismatched file, which it names)."""

@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from prost_cli.main import onnxruntime_conflict
+from prost_cli.main import extras_conflict
 
 TRITON_TENSORRT_BACKEND = Path("/opt/tritonserver/backends/tensorrt")
 
@@ -29,7 +29,7 @@ def failures() -> list[str]:
         found.append(f"ONNX Runtime {onnxruntime.__version__} has no CUDAExecutionProvider (providers: "
                      f"{', '.join(onnxruntime.get_available_providers())}); install onnxruntime-gpu instead of "
                      f"onnxruntime")
-    conflict = onnxruntime_conflict()
+    conflict = extras_conflict()
     if conflict:
         found.append(conflict)
     return found

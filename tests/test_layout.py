@@ -1,7 +1,8 @@
 """Import direction between the stages, read from the source (every import, function-level ones included).
 
 prost (the core) <- prost_export <- prost_model_repository <- prost_cli; prost_client is a leaf that server code
-reaches only through its contract modules (wire names, gallery file format).
+(the core's gallery engine included) reaches only through its contract modules (wire names, gallery file format),
+which depend on nothing of ours.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def test_the_scan_sees_imports():
 
 
 def test_the_core_imports_no_stage_built_on_it():
-    assert offending("prost", {"prost_export", "prost_client", "prost_model_repository", "prost_cli"}) == []
+    assert offending("prost", {"prost_export", "prost_model_repository", "prost_cli"}) == []
 
 
 def test_export_does_not_import_the_serving_stage():

@@ -28,7 +28,7 @@ from prost_client import errors, gallery_format as G, protocol as P, wire
 from prost_client.client import AsyncProstClient, ProstClient
 from prost_model_repository import storage
 from prost_client.wire import key_headers
-from prost_model_repository.gallery.ranking import merge_top_k
+from prost.gallery.ranking import merge_top_k
 
 ATOL = 1e-4
 

@@ -173,10 +173,10 @@ def test_the_fp16_pin_check_finds_pinned_layers_that_run_in_half():
         fp16_pinned_layers("not json", pinned)
 
 
-def test_both_onnxruntime_builds_installed_are_refused_with_the_fix():
+def test_both_builds_of_a_cpu_gpu_package_installed_are_refused_with_the_fix():
     from importlib.metadata import PackageNotFoundError
 
-    from prost_cli.main import onnxruntime_conflict
+    from prost_cli.main import extras_conflict
 
     def installed(versions: dict[str, str]):
         def version(name: str) -> str:
@@ -185,11 +185,13 @@ def test_both_onnxruntime_builds_installed_are_refused_with_the_fix():
             return versions[name]
         return version
 
-    message = onnxruntime_conflict(installed({"onnxruntime": "1.32.0", "onnxruntime-gpu": "1.31.1"}))
+    message = extras_conflict(installed({"onnxruntime": "1.32.0", "onnxruntime-gpu": "1.31.1"}))
     assert "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu==1.31.1" in message
-    assert onnxruntime_conflict(installed({"onnxruntime": "1.32.0"})) is None
-    assert onnxruntime_conflict(installed({"onnxruntime-gpu": "1.31.1"})) is None
-    assert onnxruntime_conflict() is None  # this environment is consistent, so `prost` starts
+    assert extras_conflict(installed({"onnxruntime": "1.32.0"})) is None
+    assert extras_conflict(installed({"onnxruntime-gpu": "1.31.1"})) is None
+    message = extras_conflict(installed({"onnxruntime": "1.32.0", "faiss-cpu": "1.15.1", "faiss-gpu-cu12": "1.12.0"}))
+    assert "pip uninstall -y faiss-cpu faiss-gpu-cu12 && pip install faiss-gpu-cu12==1.12.0" in message
+    assert extras_conflict() is None  # this environment is consistent, so `prost` starts
 
 
 @pytest.mark.skipif(HAS_TRT and HAS_GPU, reason="this host has the GPU path; the preflight would pass")

@@ -1,0 +1,242 @@
+"""The gallery engine: top-k videos per text, shared by the prost_gallery Triton model and `prost gallery search`.
+
+Exact mode scores every video with the exported similarity graph over blocks of the memory-mapped fp16 store (as the
+gallery always did). Two-stage mode, for versions with an index and at least `exact_below` videos:
+  1. candidates: the `candidates` best videos by S_es from the events index (a maximum inner product over each
+     video's Ne event vectors, ids deduplicated), united with the `candidates` best by centroid interaction among
+     the videos listed under the `nprobe` object centroids nearest to the phrases (PLAID), so videos that win on
+     objects are not lost;
+  2. approximate S = S_es (exact, from the stored events) + beta * S_op from the object codes (IVF coarse centroid +
+     PQ residual, ColBERTv2's compression), decoded for the candidates only;
+  3. the best `rerank` by approximate S are scored exactly by the similarity graph on the fp16 store (or keep the
+     approximate score when the version has no fp16 objects); MATCHED_FRAMES come from the same prototypes.
+Removed ids (incremental publishing) never appear in results. Ties go to the lower gallery row, as in exact mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import numpy as np
+
+from prost.gallery.ranking import merge_top_k
+from prost.gallery.store import SearchParams, Version, faiss_module
+from prost_client import protocol as P
+
+
+class Scorer(Protocol):
+    """S [T, c] of texts (phrases [T, Np, D], sentences [T, D]) against a block of videos (objects [c, L, No, D],
+    events [c, Ne, D], fp16 or float32)."""
+
+    def __call__(self, phrases: np.ndarray, sentence: np.ndarray, objects: np.ndarray,
+                 events: np.ndarray) -> np.ndarray: ...
+
+
+class OnnxScorer:
+    """The exported similarity graph on ONNX Runtime, fed the prototypes in the dtype it declares."""
+
+    def __init__(self, session, beta: float) -> None:
+        self.session = session
+        self.beta = np.array([beta], np.float32)
+        self.dtypes = {i.name: np.float16 if i.type == "tensor(float16)" else np.float32
+                       for i in session.get_inputs() if i.name in (P.OBJECT_PROTOTYPES, P.EVENT_PROTOTYPES)}
+
+    @property
+    def takes_float32(self) -> bool:
+        """Whether the graph takes float32 prototypes (an export's graph), so every block is converted."""
+        return np.float32 in self.dtypes.values()
+
+    def __call__(self, phrases, sentence, objects, events):
+        feed = {P.PHRASE_PROTOTYPES: phrases, P.SENTENCE_EMBEDDING: sentence, P.BETA: self.beta,
+                P.OBJECT_PROTOTYPES: np.asarray(objects).astype(self.dtypes[P.OBJECT_PROTOTYPES], copy=False),
+                P.EVENT_PROTOTYPES: np.asarray(events).astype(self.dtypes[P.EVENT_PROTOTYPES], copy=False)}
+        return self.session.run([P.SIMILARITY], feed)[0]
+
+
+@dataclass
+class Results:
+    """Best-first gallery rows [T, k], their scores [T, k] and, per phrase, the frame of its best object [T, k, Np]."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    frames: np.ndarray
+
+
+class GalleryEngine:
+    """Search over one loaded gallery Version; `search` is the only entry point."""
+
+    def __init__(self, version: Version, scorer: Scorer, beta: float, block_elements: int) -> None:
+        """`block_elements` bounds the pair scores or prototypes materialised at once (the Triton model's
+        BLOCK_ELEMENTS; `prost.model.similarity.DEFAULT_BLOCK_ELEMENTS` elsewhere)."""
+        self.version, self.scorer, self.beta, self.block = version, scorer, beta, block_elements
+        self.ids = [v for s in version.segments for v in s.ids]
+        self.offsets = np.cumsum([0] + [len(s.ids) for s in version.segments])
+        self.alive = np.array([v not in s.removed for s in version.segments for v in s.ids], bool)
+        self.size = int(self.alive.sum())
+        self.num_objects, self.num_events = version.objects_dims[1], version.events_dims[0]
+        self.slots = version.objects_dims[0] * version.objects_dims[1]
+
+    @property
+    def mode(self) -> str:
+        """exact below the version's `exact_below` videos (or without an index), else two-stage; a version stored
+        without fp16 objects can only be searched through its codes."""
+        v = self.version
+        return "two-stage" if v.indexed and (self.size >= v.params.exact_below or not v.fp16_objects) else "exact"
+
+    def search(self, phrases: np.ndarray, sentence: np.ndarray, k: int, *, params: SearchParams | None = None,
+               mode: str | None = None) -> Results:
+        """The k best videos (at most the gallery size) for each text; `params` and `mode` override the version's."""
+        phrases = np.ascontiguousarray(phrases, np.float32)
+        sentence = np.ascontiguousarray(sentence, np.float32)
+        k = min(k, self.size)
+        mode = mode or self.mode
+        if mode == "two-stage" and not self.version.indexed:
+            raise ValueError("this gallery version has no index; build it with `prost gallery build`")
+        if mode == "exact" and not self.version.fp16_objects:
+            raise ValueError("this gallery version stores no fp16 objects, so it can only be searched in two stages")
+        if k == 0:
+            empty = np.zeros((len(phrases), 0), np.int64)
+            return Results(empty, empty.astype(np.float32), np.zeros((len(phrases), 0, phrases.shape[1]), np.int32))
+        if mode == "exact":
+            rows, scores = self._exact(phrases, sentence, k)
+        else:
+            rows, scores = self._two_stage(phrases, sentence, k, params or self.version.params)
+        return Results(rows, scores, self.matched_frames(phrases, rows))
+
+    # -- exact --------------------------------------------------------------------------------------------------
+    def _chunk(self, n_texts: int, n_phrases: int, n_objects_per_video: int, per_video_elements: int) -> int:
+        """Videos per scoring block: its [T, Np, L, No] score block, or its prototypes, within BLOCK_ELEMENTS."""
+        return max(1, self.block // max(n_texts * n_phrases * n_objects_per_video, per_video_elements))
+
+    def _exact(self, phrases, sentence, k):
+        t = len(phrases)
+        best_i, best_s = np.zeros((t, 0), np.int64), np.zeros((t, 0), np.float32)
+        for segment, offset in zip(self.version.segments, self.offsets):
+            objects, events = segment.objects, segment.events
+            chunk = self._chunk(t, phrases.shape[1], int(np.prod(objects.shape[1:3])),
+                                int(np.prod(objects.shape[1:])) + int(np.prod(events.shape[1:])))
+            for v0 in range(0, len(segment.ids), chunk):
+                scores = self.scorer(phrases, sentence, objects[v0:v0 + chunk], events[v0:v0 + chunk])
+                rows = np.arange(offset + v0, offset + v0 + scores.shape[1])
+                keep = self.alive[rows]
+                best_i, best_s = merge_top_k(best_i, best_s, np.broadcast_to(rows[keep], (t, int(keep.sum()))),
+                                             scores[:, keep], k)
+        return best_i, best_s
+
+    # -- two-stage ----------------------------------------------------------------------------------------------
+    def _two_stage(self, phrases, sentence, k, params: SearchParams):
+        candidates = self._candidates(phrases, sentence, params)
+        out_i = np.zeros((len(phrases), k), np.int64)
+        out_s = np.zeros((len(phrases), k), np.float32)
+        for t, rows in enumerate(candidates):
+            approx = self._approximate(phrases[t], sentence[t], rows)
+            order = np.lexsort((rows, -approx))[:max(params.rerank, k)]
+            rows, approx = rows[order], approx[order]
+            if self.version.fp16_objects:  # the final S from the fp16 store
+                rows = np.sort(rows)
+                scores = self._exact_rows(phrases[t:t + 1], sentence[t:t + 1], rows)
+            else:
+                scores = approx[None]
+            best_i, best_s = merge_top_k(np.zeros((1, 0), np.int64), np.zeros((1, 0), np.float32), rows[None],
+                                         scores, k)
+            out_i[t], out_s[t] = best_i[0], best_s[0]
+        return out_i, out_s
+
+    def _candidates(self, phrases, sentence, params: SearchParams) -> list[np.ndarray]:
+        """Sorted gallery rows per text: the union of both candidate sources, removed ids left out."""
+        t = len(phrases)
+        if params.candidates >= self.size:  # exhaustive
+            return [np.flatnonzero(self.alive)] * t
+        search = faiss_module().SearchParametersIVF(nprobe=params.nprobe)
+        by_events: list[list[np.ndarray]] = [[] for _ in range(t)]
+        n_e = self.num_events
+        for segment, offset in zip(self.version.segments, self.offsets):
+            n = len(segment.ids)
+            if n:
+                _, found = segment.events_index.search(sentence, min(params.candidates * n_e, n * n_e),
+                                                       params=search)
+                for i in range(t):
+                    by_events[i].append(found[i][found[i] >= 0] // n_e + offset)
+        rows = []
+        for i in range(t):
+            events = np.unique(np.concatenate(by_events[i])) if by_events[i] else np.zeros(0, np.int64)
+            rows.append(np.union1d(events[self.alive[events]], self._by_objects(phrases[i], params)))
+        return rows
+
+    def _by_objects(self, phrases: np.ndarray, params: SearchParams) -> np.ndarray:
+        """PLAID's candidate generation for S_op: the videos listed under each phrase's `nprobe` nearest coarse
+        centroids, ranked by centroid interaction (S_op with each object replaced by its centroid); the best
+        `candidates` rows."""
+        codec = self.version.codec
+        table = phrases @ codec.centroids.T  # [Np, lists]
+        best = table.max(0)  # each centroid's best phrase
+        probe = min(params.nprobe, len(best))
+        lists = (np.unique(np.argpartition(-table, probe - 1, axis=1)[:, :probe]) if probe < len(best)
+                 else np.arange(len(best)))
+        found = []
+        for segment, offset in zip(self.version.segments, self.offsets):
+            if len(segment.ids):
+                parts = [segment.rows[segment.offsets[c]:segment.offsets[c + 1]] for c in lists]
+                found.append(np.unique(np.concatenate(parts)).astype(np.int64) + offset)
+        rows = np.concatenate(found) if found else np.zeros(0, np.int64)
+        rows = rows[self.alive[rows]]
+        if len(rows) > params.candidates:
+            centroids = codec.coarse(self._take(rows, "codes"))  # [m, L * No]
+            s_op = best[centroids].reshape(len(rows), -1, self.num_objects).max(1).mean(-1)
+            rows = np.sort(rows[np.argpartition(-s_op, params.candidates - 1)[:params.candidates]])
+        return rows
+
+    def _take(self, rows: np.ndarray, name: str) -> np.ndarray:
+        """Rows (ascending) of one per-segment array ("events", "objects", "codes"), concatenated in that order."""
+        if not len(rows):
+            return np.asarray(getattr(self.version.segments[0], name)[:0])
+        parts = []
+        seg = np.searchsorted(self.offsets, rows, side="right") - 1
+        for s in np.unique(seg):
+            local = rows[seg == s] - self.offsets[s]
+            parts.append(np.asarray(getattr(self.version.segments[s], name)[local]))
+        return np.concatenate(parts)
+
+    def decoded_objects(self, rows: np.ndarray) -> np.ndarray:
+        """Object prototypes [m, slots, D] of gallery rows, decoded from their codes (float32)."""
+        return self.version.codec.decode(self._take(rows, "codes"))
+
+    def _approximate(self, phrases, sentence, rows):
+        """S_es from the stored events + beta * S_op from decoded object codes, for candidate rows [m]."""
+        s_es = (self._take(rows, "events").astype(np.float32) @ sentence).max(-1)
+        sims = self.decoded_objects(rows) @ phrases.T  # [m, L * No, Np]
+        s_op = sims.max(-1).reshape(len(rows), -1, self.num_objects).max(1).mean(-1)
+        return s_es + self.beta * s_op
+
+    def _exact_rows(self, phrases, sentence, rows):
+        """S [T, m] of the given ascending rows through the similarity graph, in blocks."""
+        objects, events = self._take(rows, "objects"), self._take(rows, "events")
+        chunk = self._chunk(len(phrases), phrases.shape[1], int(np.prod(objects.shape[1:3])),
+                            int(np.prod(objects.shape[1:])) + int(np.prod(events.shape[1:])))
+        return np.concatenate([self.scorer(phrases, sentence, objects[i:i + chunk], events[i:i + chunk])
+                               for i in range(0, len(rows), chunk)], axis=1)
+
+    def matched_frames(self, phrases: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """For each result row and phrase prototype, the frame of its best-matching object prototype [T, k, Np]."""
+        t, k = rows.shape
+        frames = np.zeros((t, k, phrases.shape[1]), np.int32)
+        for i in range(t):
+            if k == 0:
+                continue
+            order = np.argsort(rows[i], kind="stable")
+            objects = self._prototypes(rows[i][order])  # [k, L * No, D]
+            sims = objects @ phrases[i].T  # [k, L * No, Np]
+            frames[i, order] = (sims.argmax(1) // self.num_objects).astype(np.int32)
+        return frames
+
+    def _prototypes(self, rows: np.ndarray) -> np.ndarray:
+        if self.version.fp16_objects:
+            objects = self._take(rows, "objects").astype(np.float32)
+            return objects.reshape(len(rows), -1, objects.shape[-1])
+        return self.decoded_objects(rows)
+
+
+def with_overrides(params: SearchParams, **overrides: int | None) -> SearchParams:
+    """`params` with the given fields replaced (None keeps the version's value)."""
+    return replace(params, **{k: v for k, v in overrides.items() if v is not None})

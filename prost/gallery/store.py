@@ -1,0 +1,387 @@
+"""Gallery versions on disk: segments of fp16 prototypes, their compressed codes and FAISS indexes, memory-mapped.
+
+A version directory is either the client layout of `prost_client.gallery_format` (one exact segment at the root:
+gallery.safetensors + video_ids.json) or this layout, which `prost gallery build` writes:
+
+  gallery.json                  GALLERY_FILE: format, video encoder, dims, segments (with their file sizes and the
+                                ids a later version removed), the trained index (or null: exact only) and the search
+                                parameters
+  index/events.trained.faiss    trained, empty IVF-SQ8 index of event vectors (new segments are added to copies)
+  index/objects.trained.faiss   trained, empty IVF-PQ index of object vectors: the codec of their codes (coarse
+                                centroid id + PQ residual, ColBERTv2's layout)
+  seg-NNNNNN/video_ids.json     the segment's ids, in row order
+  seg-NNNNNN/gallery.safetensors  "events" fp16 [n, Ne, D] and, unless built without the fp16 store, "objects" fp16
+                                [n, L, No, D]; metadata stamps the video encoder
+  seg-NNNNNN/codes.safetensors  "codes" u8 [n, L * No, code size]: each object vector's code (two-stage)
+  seg-NNNNNN/postings.safetensors  "offsets" i64 [lists + 1], "rows" i32: the rows whose objects fall in each coarse
+                                centroid (PLAID's candidate lists) (two-stage)
+  seg-NNNNNN/events.faiss       the segment's event vectors, id = row * Ne + k (two-stage)
+The codes and postings files name the sha256 of the codec they were made with (metadata CODEC_KEY).
+
+Files are written once and never modified, so a new version hard-links the segments it keeps (incremental
+publishing adds a segment and lists removed ids). The fp16 store and the codes are memory-mapped, the FAISS indexes
+read into RAM; sizes are checked against gallery.json first, so a truncated file fails the load with its name
+instead of faulting at the first search.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prost.errors import DependencyError, GalleryError
+from prost.fileio import fsync_path, sha256_file
+from prost_client import gallery_format as G
+
+GALLERY_FILE = "gallery.json"
+FORMAT = "prost-gallery/2"
+CODES_FILE = "codes.safetensors"
+POSTINGS_FILE = "postings.safetensors"
+EVENTS_INDEX = "events.faiss"
+CODEC_KEY = "codec_sha256"
+TRAINED_EVENTS = "index/events.trained.faiss"
+TRAINED_OBJECTS = "index/objects.trained.faiss"
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Parameters of a gallery version's search (gallery.json "search"); README: Gallery engine."""
+
+    exact_below: int = 20_000  # galleries with fewer videos are scored exactly
+    nprobe: int = 32  # lists probed: of the events index, and object centroids whose videos are candidates
+    candidates: int = 512  # videos from each candidate source: S_es (events index) and S_op (centroid interaction)
+    rerank: int = 256  # best approximate videos scored exactly (the fp16 store) for the final top-k
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any] | None, source: Path) -> SearchParams:
+        raw = dict(raw or {})
+        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
+        if unknown or not all(isinstance(v, int) and v >= 1 for v in raw.values()):
+            raise GalleryError(f"{source}: search parameters must be positive integers among "
+                               f"{[f.name for f in fields(cls)]}; got {raw}")
+        return cls(**raw)
+
+
+def faiss_module():
+    """faiss, or DependencyError naming the package."""
+    try:
+        import faiss
+    except ImportError as exc:
+        raise DependencyError("two-stage galleries need faiss: pip install faiss-cpu==1.15.1 (in the project's "
+                              "dependencies), or faiss-gpu on GPU hosts") from exc
+    return faiss
+
+
+@dataclass
+class Segment:
+    """One segment's arrays, memory-mapped; `codes` and the indexes are None in exact-only versions."""
+
+    path: Path
+    ids: list[str]
+    events: np.ndarray  # fp16 [n, Ne, D]
+    objects: np.ndarray | None  # fp16 [n, L, No, D]; None when built without the fp16 store
+    codes: np.ndarray | None = None  # u8 [n, L * No, code size]
+    offsets: np.ndarray | None = None  # i64 [lists + 1]: rows[offsets[c]:offsets[c + 1]] hold objects of centroid c
+    rows: np.ndarray | None = None  # i32
+    removed: frozenset[str] = frozenset()  # ids of this segment hidden by a later version
+    events_index: Any = None
+
+
+class Codec:
+    """The trained objects index as a codec of object vectors: coarse centroid id (little-endian, the first
+    `id_bytes` of a code) + PQ residual. `sha256` names the file, so codes made by another codec are refused."""
+
+    def __init__(self, trained: Any, sha256: str) -> None:
+        faiss = faiss_module()
+        ivf = faiss.extract_index_ivf(trained)
+        self.index, self.sha256 = trained, sha256
+        self.code_size = trained.sa_code_size()
+        self.id_bytes = ivf.coarse_code_size()
+        self.centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)  # [lists, D]
+
+    def encode(self, vectors: np.ndarray) -> np.ndarray:
+        """Codes [n, code size] of float32 vectors [n, D]."""
+        return self.index.sa_encode(np.ascontiguousarray(vectors, np.float32))
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Vectors [..., D] (float32) of codes [..., code size]."""
+        flat = np.ascontiguousarray(codes).reshape(-1, self.code_size)
+        return self.index.sa_decode(flat).reshape(*codes.shape[:-1], -1)
+
+    def coarse(self, codes: np.ndarray) -> np.ndarray:
+        """Coarse centroid ids [...] (int64) of codes [..., code size]."""
+        ids = np.zeros(codes.shape[:-1], np.int64)
+        for b in range(self.id_bytes):
+            ids |= codes[..., b].astype(np.int64) << (8 * b)
+        return ids
+
+
+@dataclass
+class Version:
+    """A loaded gallery version: its segments in order, the trained objects index (the decoder of the codes) and the
+    search parameters."""
+
+    segments: list[Segment]
+    objects_dims: tuple[int, ...]  # (L, No, D)
+    events_dims: tuple[int, ...]  # (Ne, D)
+    params: SearchParams = field(default_factory=SearchParams)
+    codec: Codec | None = None  # of the object codes (two-stage versions)
+
+    @property
+    def indexed(self) -> bool:
+        return self.codec is not None
+
+    @property
+    def fp16_objects(self) -> bool:
+        """Whether the fp16 object prototypes are stored (else only their codes)."""
+        return all(s.objects is not None for s in self.segments)
+
+
+def safetensors_arrays(path: Path, *, expect_size: int | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Read-only memory maps of every tensor in a safetensors file, and its metadata; GalleryError naming the file
+    when it is not one, is shorter than its header says, or differs from `expect_size` bytes."""
+    names = {v: k for k, v in G.SAFETENSORS_DTYPES.items()}
+    try:
+        header, start = G.safetensors_header(path)
+        size = path.stat().st_size
+    except (OSError, ValueError) as exc:
+        raise GalleryError(f"cannot read {path}: {exc}") from None
+    if expect_size is not None and size != expect_size:
+        raise GalleryError(f"{path} has {size} bytes, gallery.json says {expect_size}: the file is truncated or "
+                           f"from another build; rebuild this version (`prost gallery build`)")
+    arrays = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (lo, hi) = names[entry["dtype"]], tuple(entry["shape"]), entry["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise GalleryError(f"{path}: tensor {name!r} has an unsupported header entry {entry}") from None
+        if hi - lo != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize or start + hi > size:
+            raise GalleryError(f"{path}: tensor {name!r} {list(shape)} does not fit the file ({size} bytes); the file "
+                               f"is truncated or corrupt")
+        arrays[name] = (np.memmap(path, dtype=dtype.newbyteorder("<"), mode="r", offset=start + lo, shape=shape)
+                        if hi > lo else np.zeros(shape, dtype))
+    return arrays, header.get("__metadata__", {})
+
+
+def read_ids(path: Path) -> list[str]:
+    """A segment's video ids (a JSON list of unique strings), or GalleryError naming the file."""
+    try:
+        ids = json.loads(path.read_text())["video_ids"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise GalleryError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(ids, list) or not all(isinstance(v, str) for v in ids) or len(set(ids)) != len(ids):
+        raise GalleryError(f"{path}: video_ids must be a list of unique strings")
+    return ids
+
+
+def read_index(path: Path, expect_size: int, ntotal: int, dim: int, like: Any = None):
+    """A FAISS index, read into RAM (searching a memory-mapped IVF index measured 2-7x slower), checked against its
+    expected size, vector count, dimension and (for a segment's index) the trained index it was added to;
+    GalleryError naming the file otherwise."""
+    faiss = faiss_module()
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise GalleryError(f"cannot read {path}: {exc}") from None
+    if size != expect_size:
+        raise GalleryError(f"{path} has {size} bytes, gallery.json says {expect_size}: the file is truncated or from "
+                           f"another build; rebuild this version (`prost gallery build`)")
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise GalleryError(f"cannot read {path}: {str(exc).splitlines()[-1]}") from None
+    if index.ntotal != ntotal or index.d != dim:
+        raise GalleryError(f"{path} holds {index.ntotal} vectors of dimension {index.d}, expected {ntotal} of "
+                           f"{dim}: it belongs to another segment or build")
+    if like is not None and not same_quantizer(index, like):
+        raise GalleryError(f"{path} was not added to this version's trained index ({TRAINED_OBJECTS} / "
+                           f"{TRAINED_EVENTS}): it comes from another build")
+    return index
+
+
+def same_quantizer(a: Any, b: Any) -> bool:
+    """Whether two IVF indexes share their coarse centroids and code layout."""
+    faiss = faiss_module()
+    ia, ib = faiss.extract_index_ivf(a), faiss.extract_index_ivf(b)
+    if ia.nlist != ib.nlist or ia.code_size != ib.code_size:
+        return False
+    return np.array_equal(ia.quantizer.reconstruct_n(0, ia.nlist), ib.quantizer.reconstruct_n(0, ib.nlist))
+
+
+def read_manifest(directory: Path) -> dict | None:
+    """gallery.json of a version directory, or None for the client's single-segment layout."""
+    path = Path(directory) / GALLERY_FILE
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise GalleryError(f"cannot read {path}: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise GalleryError(f"{path} is not a {FORMAT} manifest")
+    return manifest
+
+
+def version_stamp(directory: Path) -> str | None:
+    """The video encoder a version directory's gallery was encoded by (None when unstamped); ValueError or
+    GalleryError when it cannot be read."""
+    manifest = read_manifest(directory)
+    if manifest is not None:
+        return manifest.get("video_encoder_sha256")
+    return G.safetensors_metadata(Path(directory) / G.TENSORS_FILE).get(G.ENCODER_STAMP)
+
+
+def data_files(directory: Path) -> dict[str, Path]:
+    """Every data file of a gallery version (all but model.py and similarity.onnx), by relative POSIX path."""
+    directory = Path(directory)
+    return {p.relative_to(directory).as_posix(): p for p in sorted(directory.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts
+            and p.relative_to(directory).as_posix() not in (G.MODEL_FILE, G.SIMILARITY_FILE)}
+
+
+def load_version(directory: Path, objects_dims: list[int], events_dims: list[int], video_encoder: str) -> Version:
+    """Open a gallery version for search: every file checked (sizes, shapes, vector counts, the video encoder stamp),
+    arrays and indexes memory-mapped. GalleryError names the first file that does not fit."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    if manifest is None:  # the client layout: one exact segment at the root
+        segment = _segment(directory, {}, objects_dims, events_dims, video_encoder, require_objects=True)
+        return Version([segment], tuple(objects_dims), tuple(events_dims))
+    where = directory / GALLERY_FILE
+    stamp = manifest.get("video_encoder_sha256")
+    if stamp != video_encoder:
+        raise GalleryError(f"{where}: encoded by video encoder {stamp}, this gallery serves {video_encoder}: its "
+                           f"prototypes would not match the served text encoder; rebuild it from prototypes of the "
+                           f"served encoder (`prost gallery encode` / `prost gallery build`)")
+    if [manifest.get("objects"), manifest.get("events")] != [list(objects_dims), list(events_dims)]:
+        raise GalleryError(f"{where}: dims objects {manifest.get('objects')} events {manifest.get('events')} do not "
+                           f"match the similarity graph's {objects_dims} and {events_dims}")
+    params = SearchParams.from_json(manifest.get("search"), where)
+    index, codec, trained_events = manifest.get("index"), None, None
+    if index is not None:
+        sizes = index.get("files", {})
+        trained = read_index(directory / TRAINED_OBJECTS, sizes.get(TRAINED_OBJECTS, -1), 0, objects_dims[-1])
+        codec = Codec(trained, sha256_file(directory / TRAINED_OBJECTS))
+        trained_events = read_index(directory / TRAINED_EVENTS, sizes.get(TRAINED_EVENTS, -1), 0, events_dims[-1])
+    segments = []
+    for entry in manifest.get("segments", []):
+        segment = _segment(directory / entry["dir"], entry.get("files", {}), objects_dims, events_dims,
+                           video_encoder, require_objects=index is None or index.get("fp16_objects", True),
+                           videos=entry.get("videos"))
+        segment.removed = frozenset(entry.get("removed", []))
+        if codec is not None:
+            _attach_index(segment, entry.get("files", {}), objects_dims, events_dims, codec, trained_events)
+        segments.append(segment)
+    ids = [v for s in segments for v in s.ids if v not in s.removed]
+    if len(set(ids)) != len(ids):
+        raise GalleryError(f"{where}: a video id is live in two segments")
+    return Version(segments, tuple(objects_dims), tuple(events_dims), params, codec)
+
+
+def _segment(path: Path, sizes: dict[str, int], objects_dims: list[int], events_dims: list[int], video_encoder: str,
+             *, require_objects: bool, videos: int | None = None) -> Segment:
+    ids = read_ids(path / G.IDS_FILE)
+    if videos is not None and len(ids) != videos:
+        raise GalleryError(f"{path / G.IDS_FILE} lists {len(ids)} videos, gallery.json says {videos}")
+    tensors_path = path / G.TENSORS_FILE
+    arrays, metadata = safetensors_arrays(tensors_path, expect_size=sizes.get(G.TENSORS_FILE))
+    stamp = metadata.get(G.ENCODER_STAMP)
+    if stamp is None:
+        raise GalleryError(f"{tensors_path} was written before galleries named their video encoder; run "
+                           f"`prost repository build` on this repository again (it stamps the latest gallery when "
+                           f"the export is unchanged), or re-index the videos (`prost-client index`)")
+    if stamp != video_encoder:
+        raise GalleryError(f"{tensors_path} was encoded by video encoder {stamp}, this gallery serves "
+                           f"{video_encoder}: its prototypes would not match the served text encoder; re-index the "
+                           f"videos through the served models (`prost-client index`)")
+    expected = {"objects": [len(ids), *objects_dims], "events": [len(ids), *events_dims]}
+    for name in ("objects", "events"):
+        if name not in arrays and (name == "events" or require_objects):
+            raise GalleryError(f"{tensors_path} must hold 'objects' and 'events'; has {sorted(arrays)}")
+        if name in arrays and list(arrays[name].shape) != expected[name]:
+            raise GalleryError(f"{tensors_path}: {name} has shape {list(arrays[name].shape)}, expected "
+                               f"{expected[name]} ({len(ids)} video ids)")
+    return Segment(path, ids, arrays["events"], arrays.get("objects"))
+
+
+def _attach_index(segment: Segment, sizes: dict[str, int], objects_dims: list[int], events_dims: list[int],
+                  codec: Codec, trained_events: Any) -> None:
+    n, slots = len(segment.ids), objects_dims[0] * objects_dims[1]
+    arrays = {}
+    for name in (CODES_FILE, POSTINGS_FILE):
+        path = segment.path / name
+        found, metadata = safetensors_arrays(path, expect_size=sizes.get(name, -1))
+        if metadata.get(CODEC_KEY) != codec.sha256:
+            raise GalleryError(f"{path} was made with another codec than {TRAINED_OBJECTS} (sha256 "
+                               f"{metadata.get(CODEC_KEY)}, expected {codec.sha256}): it comes from another build")
+        arrays.update(found)
+    lists = len(codec.centroids)
+    expected = {"codes": [n, slots, codec.code_size], "offsets": [lists + 1]}
+    for name, shape in expected.items():
+        if name not in arrays or list(arrays[name].shape) != shape:
+            raise GalleryError(f"{segment.path}: expected {name} {shape} in {CODES_FILE} / {POSTINGS_FILE}, found "
+                               f"{ {k: list(v.shape) for k, v in arrays.items()} }")
+    offsets, rows = np.asarray(arrays["offsets"]), arrays.get("rows")
+    if rows is None or offsets[0] != 0 or offsets[-1] != len(rows) or np.any(np.diff(offsets) < 0):
+        raise GalleryError(f"{segment.path / POSTINGS_FILE}: offsets do not index its rows")
+    segment.codes, segment.offsets, segment.rows = arrays["codes"], offsets, rows
+    segment.events_index = read_index(segment.path / EVENTS_INDEX, sizes.get(EVENTS_INDEX, -1), n * events_dims[0],
+                                      events_dims[-1], trained_events)
+
+
+class TensorStream:
+    """A safetensors file written tensor by tensor and chunk by chunk, in the order of `shapes`: memory is bounded by
+    the chunk. `close()` checks that every byte announced in the header was written, then fsyncs."""
+
+    def __init__(self, path: Path, shapes: dict[str, tuple[np.dtype, tuple[int, ...]]],
+                 metadata: dict[str, str] | None = None) -> None:
+        self.path = Path(path)
+        self._pending = [(name, np.dtype(dtype), int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
+                         for name, (dtype, shape) in shapes.items()]
+        self._file = open(self.path, "wb")
+        self._file.write(G.safetensors_header_bytes(shapes, metadata))
+        self._left = self._pending[0][2] if self._pending else 0
+
+    def write(self, name: str, chunk: np.ndarray) -> None:
+        """Append rows of tensor `name` (the current one in header order)."""
+        while self._pending and self._left == 0:
+            self._next()
+        if not self._pending or self._pending[0][0] != name:
+            raise ValueError(f"{self.path}: expected data of {self._pending[0][0] if self._pending else 'nothing'}, "
+                             f"got {name}")
+        data = np.ascontiguousarray(chunk, dtype=self._pending[0][1].newbyteorder("<"))
+        if data.nbytes > self._left:
+            raise ValueError(f"{self.path}: more data for {name} than its header announces")
+        self._file.write(data.tobytes())
+        self._left -= data.nbytes
+
+    def _next(self) -> None:
+        self._pending.pop(0)
+        self._left = self._pending[0][2] if self._pending else 0
+
+    def close(self) -> None:
+        while self._pending and self._left == 0:
+            self._next()
+        self._file.close()
+        if self._pending:
+            raise ValueError(f"{self.path}: {self._pending[0][0]} is missing {self._left} bytes")
+        fsync_path(self.path)
+
+
+def write_manifest(directory: Path, manifest: dict) -> None:
+    """Write gallery.json (the last file of a version, after its data)."""
+    path = Path(directory) / GALLERY_FILE
+    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    fsync_path(path)
+
+
+def file_sizes(directory: Path, names: list[str]) -> dict[str, int]:
+    """{name: bytes} of files in a directory, for gallery.json."""
+    return {name: os.stat(Path(directory) / name).st_size for name in names}
