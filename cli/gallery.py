@@ -28,6 +28,7 @@ from prost_model_repository.graph_rewrite import with_float16_inputs
 
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
+    """`prost gallery` and its actions."""
     parser = sub.add_parser("gallery", help="build and search gallery versions in process (large galleries)")
     verbs = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
@@ -119,6 +120,10 @@ def _build(args: argparse.Namespace) -> int:
     if prototypes is not None and prototypes.checkpoint and recorded and prototypes.checkpoint != recorded:
         raise GalleryError(f"{args.prototypes} was encoded by checkpoint {prototypes.checkpoint[:12]}, {args.export} "
                            f"exports {recorded[:12]}: encode the videos with the exported checkpoint")
+    full_only = [flag for flag, value in _full_build_flags(args).items() if value]
+    if args.incremental and full_only:
+        raise GalleryError(f"{', '.join(full_only)} apply to full builds; an incremental version keeps its base's "
+                           f"index and search parameters")
     removed = _read_ids(args.remove) if args.remove else []
     if removed and not args.incremental:
         raise GalleryError("--remove needs --incremental (a full build writes only --prototypes)")
@@ -150,24 +155,45 @@ def _build(args: argparse.Namespace) -> int:
         write(args.out, args.base)
         where = args.out
     else:
-        model_dir = args.repository / P.GALLERY_MODEL
-        if not model_dir.is_dir():
-            raise PathError(f"{args.repository} is not a model repository (no {P.GALLERY_MODEL}); build it with "
-                            f"`prost repository build`")
-        with storage.DirectoryLock(model_dir):
-            existing = G.versions(model_dir)
-            latest = model_dir / str(existing[-1]) if existing else None
-            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
-            try:
-                write(staging, args.base or latest)
-                version = storage.commit_version(model_dir, staging)
-            finally:
-                storage.discard_staging(staging)
-            storage.update_manifest(args.repository, P.GALLERY_MODEL)
-        where = model_dir / str(version)
+        where = _build_into_repository(args.repository, args.base, args.incremental, write)
         print("a running server serves it once it loads prost_gallery again (`prost-client reload`)")
     print(f"wrote {where} in {time.monotonic() - started:.1f} s")
     return 0
+
+
+def _build_into_repository(repository: Path, base: Path | None, incremental: bool, write) -> Path:
+    """Build the next prost_gallery version in a staging folder of the model (no lock: a build can take hours), then
+    take the model's lock only to number it, rename it into place and list it in the manifest. An incremental build
+    whose base stopped being the latest meanwhile is refused (another writer's version would be lost)."""
+    model_dir = repository / P.GALLERY_MODEL
+    if not model_dir.is_dir():
+        raise PathError(f"{repository} is not a model repository (no {P.GALLERY_MODEL}); build it with "
+                        f"`prost repository build`")
+    existing = G.versions(model_dir)
+    if incremental and base is None and not existing:
+        raise GalleryError(f"{model_dir} has no version to start from; run a full `prost gallery build` first")
+    latest = model_dir / str(existing[-1]) if existing else None
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    try:
+        write(staging, base or latest)
+        with storage.DirectoryLock(model_dir):
+            now = G.versions(model_dir)
+            if incremental and base is None and now[-1:] != existing[-1:]:
+                raise GalleryError(f"{model_dir} got version {now[-1]} while this build started from {latest}; run "
+                                   f"the incremental build again")
+            version = storage.commit_version(model_dir, staging, storage.version_floor(repository, P.GALLERY_MODEL))
+            storage.update_manifest(repository, P.GALLERY_MODEL)
+    finally:
+        storage.discard_staging(staging)
+    return model_dir / str(version)
+
+
+def _full_build_flags(args: argparse.Namespace) -> dict[str, bool]:
+    """{flag: given} for the flags only a full build uses (index, quantisers, search parameters)."""
+    defaults = {**{f.name: f.default for f in fields(SearchParams)}, "objects_lists": 0, "events_lists": 0,
+                "pq_bytes": 0, "train_videos": B.IndexOptions.train_videos, "seed": 0, "no_fp16_store": False,
+                "index": "auto"}
+    return {f"--{name.replace('_', '-')}": getattr(args, name) != default for name, default in defaults.items()}
 
 
 def _read_ids(path: Path) -> list[str]:
@@ -177,7 +203,7 @@ def _read_ids(path: Path) -> list[str]:
         raise PathError(f"cannot read {path}: {exc}") from None
 
 
-def open_engine(gallery: Path, export_dir: Path, threads: int = 0) -> tuple[GalleryEngine, ProstConfig]:
+def open_engine(gallery: Path, export_dir: Path) -> tuple[GalleryEngine, ProstConfig]:
     """The engine over a version directory (or a repository's latest gallery version), scoring with that version's
     similarity graph, for the export's model."""
     gallery = Path(gallery)
@@ -189,10 +215,6 @@ def open_engine(gallery: Path, export_dir: Path, threads: int = 0) -> tuple[Gall
     _, config, encoder = _export_facts(export_dir)
     objects_dims, events_dims = _dims(config)
     version = load_version(gallery, objects_dims, events_dims, encoder)
-    if threads:
-        import faiss
-
-        faiss.omp_set_num_threads(threads)
     scorer = OnnxScorer(onnx_session(gallery / G.SIMILARITY_FILE), config.beta)
     return GalleryEngine(version, scorer, config.beta, DEFAULT_BLOCK_ELEMENTS), config
 

@@ -49,7 +49,8 @@ def safetensors_header_bytes(shapes: dict[str, tuple[np.dtype, tuple[int, ...]]]
         if dtype not in SAFETENSORS_DTYPES:
             raise TypeError(f"tensor {name!r}: unsupported dtype {dtype}")
         size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape),
+                        "data_offsets": [offset, offset + size]}
         offset += size
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the format pads the header to 8 bytes

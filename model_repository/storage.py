@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from prost.errors import RepositoryError
-from prost.fileio import fsync_path, sha256_file, write_atomic, write_json_atomic
+from prost.fileio import fsync_path, link_or_copy, sha256_file, write_atomic, write_json_atomic
 from prost_client.gallery_format import MODEL_FILE, SIMILARITY_FILE, versions
 
 MANIFEST_FILE = "manifest.json"
@@ -92,7 +92,7 @@ def write_version(model_dir: Path, files: dict[str, bytes | Path], minimum: int 
                 path = staging / name
                 path.parent.mkdir(parents=True, exist_ok=True)
                 if isinstance(data, Path):
-                    _link_or_copy(data, path)
+                    link_or_copy(data, path)
                 else:
                     path.write_bytes(data)
                     fsync_path(path)
@@ -101,14 +101,6 @@ def write_version(model_dir: Path, files: dict[str, bytes | Path], minimum: int 
             raise RepositoryError(f"cannot write a version of {model_dir}: {exc}") from exc
         finally:
             discard_staging(staging)
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
-        fsync_path(target)
 
 
 def commit_version(model_dir: Path, staging: Path, minimum: int = 1) -> int:
@@ -120,6 +112,8 @@ def commit_version(model_dir: Path, staging: Path, minimum: int = 1) -> int:
         raise RepositoryError(f"cannot write version {version} of {model_dir}: {target} already exists")
     try:
         staging.chmod(0o755)  # mkdtemp creates it 0700; the server may run as another user
+        for directory in sorted((p for p in staging.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            fsync_path(directory)  # entries of nested folders (gallery segments) are durable before the rename
         fsync_path(staging)
         staging.rename(target)
         fsync_path(model_dir)  # a crash after this leaves the whole version or none of it
@@ -150,6 +144,7 @@ def stage_version(repository: Path, model: str, files: dict[str, bytes], minimum
             raise RepositoryError(f"{latest / name} is missing; rebuild the repository with `prost repository build`")
     files = {**files, **{name: (latest / name).read_bytes() for name in (MODEL_FILE, SIMILARITY_FILE)}}
     read_manifest(repository)  # refuse before writing a version that could not be listed
+    minimum = max(minimum, version_floor(repository, model))
     version = write_version(model_dir, files, minimum=minimum, locked=True)
     try:
         update_manifest(repository, model)
@@ -192,13 +187,23 @@ def update_manifest(repository: Path, model: str) -> None:
     """Refresh one model's entry in `<repository>/manifest.json` (written by `prost repository build`).
 
     The caller holds the model's lock, so the entry (hashed before taking the repository's lock, which stays short)
-    is still current when written; the repository's lock keeps concurrent updates of different entries.
+    is still current when written; the repository's lock keeps concurrent updates of different entries. The entry's
+    "highest" keeps the highest version ever listed, so a removed number is not given to different content.
     """
     entry = describe_model_dir(Path(repository) / model)
     with DirectoryLock(repository):
         manifest = read_manifest(repository)
-        manifest.setdefault("models", {})[model] = entry
+        previous = manifest.setdefault("models", {}).get(model, {})
+        entry["highest"] = max(previous.get("highest") or 0, previous.get("latest") or 0, entry["latest"] or 0)
+        manifest["models"][model] = entry
         write_manifest(repository, manifest, locked=True)
+
+
+def version_floor(repository: Path, model: str) -> int:
+    """The lowest version number a new version of `model` may take: above every number the manifest has listed
+    (Triton's response cache is keyed by version, so a number is never reused for different content)."""
+    entry = read_manifest(repository).get("models", {}).get(model, {})
+    return max(entry.get("highest") or 0, entry.get("latest") or 0) + 1
 
 
 def read_manifest(repository: Path) -> dict:

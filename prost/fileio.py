@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -76,3 +77,13 @@ def check_writable(path: str | Path, *, folder: bool, flag: str = "--out") -> Pa
     if not os.access(target, os.W_OK | os.X_OK):
         raise PathError(f"{flag} {path}: {target} is not writable")
     return path
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link `source` to `target` (files written once and never modified can be shared between versions), or
+    copy it, durably, where the filesystem cannot link."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+        fsync_path(target)

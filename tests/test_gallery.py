@@ -232,3 +232,24 @@ def test_triton_serves_a_two_stage_version_as_prost_gallery_search(triton_server
         shutil.rmtree(model_repository / P.GALLERY_MODEL / str(G.versions(model_repository / P.GALLERY_MODEL)[-1]))
         client.publish_prototypes(ids, objects, events, repository=model_repository)
     assert len(client.search(texts[0], top_k=10)[0]) == len(ids)
+
+
+def test_top_k_beyond_the_candidate_budget_and_bad_parameters(real, graph, tmp_path):
+    """A TOP_K larger than `candidates` and `rerank` still gets k distinct videos (each source yields k at least);
+    parameters that cannot search are refused where they are given."""
+    prototypes, phrases, sentence = real
+    version = build(tmp_path / "v", Grown(prototypes, 1200, seed=7), graph, index=True,
+                    params=S.SearchParams(exact_below=1, nprobe=2, candidates=8, rerank=8))
+    found = engine(version).search(phrases[:3], sentence[:3], 100)
+    assert found.rows.shape == (3, 100) and all(len(set(row)) == 100 for row in found.rows)
+    assert np.all(np.diff(found.scores, axis=1) <= 0)
+    with pytest.raises(GalleryError, match="positive integers"):
+        S.SearchParams(nprobe=0)
+
+
+def test_incremental_builds_refuse_full_build_flags(onnx_dir, tmp_path, capsys):
+    from prost_cli.main import main
+
+    assert main(["gallery", "build", "--export", str(onnx_dir), "--out", str(tmp_path / "v"), "--incremental",
+                 "--base", str(tmp_path), "--nprobe", "4"]) == 1
+    assert "--nprobe apply to full builds" in capsys.readouterr().err

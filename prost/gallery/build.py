@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from prost.errors import GalleryError
-from prost.fileio import fsync_path, sha256_file
+from prost.fileio import fsync_path, link_or_copy, sha256_file
 from prost.gallery import store as S
 from prost_client import gallery_format as G
 
@@ -152,19 +151,22 @@ def write_segment(directory: Path, prototypes: Prototypes, *, video_encoder: str
     directory.mkdir(parents=True)
     ids = list(prototypes.video_ids)
     n = len(ids)
+    uid = secrets.token_hex(8)
     (directory / G.IDS_FILE).write_text(json.dumps({"video_ids": ids}, ensure_ascii=False) + "\n")
     fsync_path(directory / G.IDS_FILE)
     objects_shape, events_shape = tuple(prototypes.objects.shape), tuple(prototypes.events.shape)
     shapes = {**({"objects": (np.float16, objects_shape)} if fp16_objects else {}),
               "events": (np.float16, events_shape)}
     tensors = S.TensorStream(directory / G.TENSORS_FILE, shapes,
-                             {"format": "prost-gallery", "videos": str(n), G.ENCODER_STAMP: video_encoder})
+                             {"format": "prost-gallery", "videos": str(n), G.ENCODER_STAMP: video_encoder,
+                              S.SEGMENT_KEY: uid})
     files = [G.IDS_FILE, G.TENSORS_FILE]
+    entry = {"dir": directory.name, "uid": uid, "videos": n, "removed": []}
     slots = objects_shape[1] * objects_shape[2]
     if codec is not None:
         events_index = S.faiss_module().clone_index(events_trained)
         codes = S.TensorStream(directory / S.CODES_FILE, {"codes": (np.uint8, (n, slots, codec.code_size))},
-                               {S.CODEC_KEY: codec.sha256})
+                               {S.CODEC_KEY: codec.sha256, S.SEGMENT_KEY: uid})
         pairs = []  # unique (centroid * n + row) of each chunk: the postings
         files += [S.CODES_FILE, S.POSTINGS_FILE, S.EVENTS_INDEX]
     bar = tqdm(total=n, unit="video", desc=f"segment {directory.name}", disable=not progress)
@@ -187,19 +189,20 @@ def write_segment(directory: Path, prototypes: Prototypes, *, video_encoder: str
     tensors.close()
     if codec is not None:
         codes.close()
-        _write_postings(directory / S.POSTINGS_FILE, pairs, n, len(codec.centroids), codec.sha256)
+        _write_postings(directory / S.POSTINGS_FILE, pairs, n, len(codec.centroids),
+                        {S.CODEC_KEY: codec.sha256, S.SEGMENT_KEY: uid})
         S.faiss_module().write_index(events_index, str(directory / S.EVENTS_INDEX))
         fsync_path(directory / S.EVENTS_INDEX)
-    return {"dir": directory.name, "videos": n, "removed": [], "files": S.file_sizes(directory, files)}
+        entry["events_sha256"] = sha256_file(directory / S.EVENTS_INDEX)
+    return {**entry, "files": S.file_sizes(directory, files)}
 
 
-def _write_postings(path: Path, pairs: list[np.ndarray], n: int, lists: int, codec: str) -> None:
+def _write_postings(path: Path, pairs: list[np.ndarray], n: int, lists: int, metadata: dict[str, str]) -> None:
     """postings.safetensors from the unique (centroid * n + row) keys of every chunk: rows grouped by centroid."""
     keys = np.sort(np.concatenate(pairs)) if pairs else np.zeros(0, np.int64)
     offsets = np.searchsorted(keys // max(n, 1), np.arange(lists + 1)).astype(np.int64)
     rows = (keys % max(n, 1)).astype(np.int32)
-    stream = S.TensorStream(path, {"offsets": (np.int64, offsets.shape), "rows": (np.int32, rows.shape)},
-                            {S.CODEC_KEY: codec})
+    stream = S.TensorStream(path, {"offsets": (np.int64, offsets.shape), "rows": (np.int32, rows.shape)}, metadata)
     stream.write("offsets", offsets)
     stream.write("rows", rows)
     stream.close()
@@ -249,6 +252,7 @@ def _check_dims(prototypes: Prototypes, objects_dims: Sequence[int], events_dims
 
 
 def segment_name(number: int) -> str:
+    """The folder of segment `number` in a version."""
     return f"seg-{number:06d}"
 
 
@@ -274,6 +278,7 @@ def update_version(out: Path, base: Path, *, add: Prototypes | None, remove: Ite
     unknown = sorted(remove - present)
     if unknown:
         raise GalleryError(f"cannot remove {len(unknown)} id(s) the gallery does not hold: {', '.join(unknown[:5])}")
+    out.mkdir(parents=True, exist_ok=True)
     hidden = remove | set(added)
     segments, number = [], 0
     for entry in manifest["segments"]:
@@ -318,9 +323,5 @@ def _read_trained(directory: Path) -> tuple[S.Codec, Any]:
 def link_tree(source: Path, target: Path, names: list[str]) -> None:
     """Hard-link files (relative names) from `source` into `target`; copies where the filesystem cannot link."""
     for name in names:
-        dst = target / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(source / name, dst)
-        except OSError:
-            shutil.copy2(source / name, dst)
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        link_or_copy(source / name, target / name)

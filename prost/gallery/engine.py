@@ -47,7 +47,8 @@ class OnnxScorer:
         """Whether the graph takes float32 prototypes (an export's graph), so every block is converted."""
         return np.float32 in self.dtypes.values()
 
-    def __call__(self, phrases, sentence, objects, events):
+    def __call__(self, phrases: np.ndarray, sentence: np.ndarray, objects: np.ndarray,
+                 events: np.ndarray) -> np.ndarray:
         feed = {P.PHRASE_PROTOTYPES: phrases, P.SENTENCE_EMBEDDING: sentence, P.BETA: self.beta,
                 P.OBJECT_PROTOTYPES: np.asarray(objects).astype(self.dtypes[P.OBJECT_PROTOTYPES], copy=False),
                 P.EVENT_PROTOTYPES: np.asarray(events).astype(self.dtypes[P.EVENT_PROTOTYPES], copy=False)}
@@ -126,10 +127,13 @@ class GalleryEngine:
 
     # -- two-stage ----------------------------------------------------------------------------------------------
     def _two_stage(self, phrases, sentence, k, params: SearchParams):
+        params = replace(params, candidates=max(params.candidates, k))  # each source yields k videos at least
         candidates = self._candidates(phrases, sentence, params)
         out_i = np.zeros((len(phrases), k), np.int64)
         out_s = np.zeros((len(phrases), k), np.float32)
         for t, rows in enumerate(candidates):
+            if len(rows) < k:  # the index found too few live videos (heavy removals): score them all
+                rows = np.flatnonzero(self.alive)
             approx = self._approximate(phrases[t], sentence[t], rows)
             order = np.lexsort((rows, -approx))[:max(params.rerank, k)]
             rows, approx = rows[order], approx[order]
@@ -154,8 +158,8 @@ class GalleryEngine:
         for segment, offset in zip(self.version.segments, self.offsets):
             n = len(segment.ids)
             if n:
-                _, found = segment.events_index.search(sentence, min(params.candidates * n_e, n * n_e),
-                                                       params=search)
+                wanted = (params.candidates + len(segment.removed)) * n_e  # removed videos take no place
+                _, found = segment.events_index.search(sentence, min(wanted, n * n_e), params=search)
                 for i in range(t):
                     by_events[i].append(found[i][found[i] >= 0] // n_e + offset)
         rows = []
@@ -182,7 +186,7 @@ class GalleryEngine:
         rows = np.concatenate(found) if found else np.zeros(0, np.int64)
         rows = rows[self.alive[rows]]
         if len(rows) > params.candidates:
-            centroids = codec.coarse(self._take(rows, "codes"))  # [m, L * No]
+            centroids = self._take(rows, "coarse")  # [m, L * No]
             s_op = best[centroids].reshape(len(rows), -1, self.num_objects).max(1).mean(-1)
             rows = np.sort(rows[np.argpartition(-s_op, params.candidates - 1)[:params.candidates]])
         return rows

@@ -16,7 +16,8 @@ gallery.safetensors + video_ids.json) or this layout, which `prost gallery build
   seg-NNNNNN/postings.safetensors  "offsets" i64 [lists + 1], "rows" i32: the rows whose objects fall in each coarse
                                 centroid (PLAID's candidate lists) (two-stage)
   seg-NNNNNN/events.faiss       the segment's event vectors, id = row * Ne + k (two-stage)
-The codes and postings files name the sha256 of the codec they were made with (metadata CODEC_KEY).
+The codes and postings files name the sha256 of the codec they were made with (metadata CODEC_KEY); every
+safetensors file of a segment names the segment's uid (SEGMENT_KEY), and gallery.json the events index's sha256.
 
 Files are written once and never modified, so a new version hard-links the segments it keeps (incremental
 publishing adds a segment and lists removed ids). The fp16 store and the codes are memory-mapped, the FAISS indexes
@@ -44,6 +45,7 @@ CODES_FILE = "codes.safetensors"
 POSTINGS_FILE = "postings.safetensors"
 EVENTS_INDEX = "events.faiss"
 CODEC_KEY = "codec_sha256"
+SEGMENT_KEY = "segment"  # safetensors metadata: the uid of the segment a file belongs to
 TRAINED_EVENTS = "index/events.trained.faiss"
 TRAINED_OBJECTS = "index/objects.trained.faiss"
 
@@ -57,18 +59,27 @@ class SearchParams:
     candidates: int = 512  # videos from each candidate source: S_es (events index) and S_op (centroid interaction)
     rerank: int = 256  # best approximate videos scored exactly (the fp16 store) for the final top-k
 
+    def __post_init__(self) -> None:
+        bad = {f.name: getattr(self, f.name) for f in fields(self)
+               if not isinstance(getattr(self, f.name), int) or getattr(self, f.name) < 1}
+        if bad:
+            raise GalleryError(f"search parameters must be positive integers; got {bad}")
+
     @classmethod
     def from_json(cls, raw: dict[str, Any] | None, source: Path) -> SearchParams:
+        """The parameters stored in gallery.json; GalleryError naming `source` when they are not valid."""
         raw = dict(raw or {})
         unknown = sorted(set(raw) - {f.name for f in fields(cls)})
-        if unknown or not all(isinstance(v, int) and v >= 1 for v in raw.values()):
-            raise GalleryError(f"{source}: search parameters must be positive integers among "
-                               f"{[f.name for f in fields(cls)]}; got {raw}")
-        return cls(**raw)
+        if unknown:
+            raise GalleryError(f"{source}: unknown search parameters {unknown}")
+        try:
+            return cls(**raw)
+        except GalleryError as exc:
+            raise GalleryError(f"{source}: {exc}") from None
 
 
-def faiss_module():
-    """faiss, or DependencyError naming the package."""
+def faiss_module() -> Any:
+    """The faiss module, or DependencyError naming the package."""
     try:
         import faiss
     except ImportError as exc:
@@ -86,6 +97,7 @@ class Segment:
     events: np.ndarray  # fp16 [n, Ne, D]
     objects: np.ndarray | None  # fp16 [n, L, No, D]; None when built without the fp16 store
     codes: np.ndarray | None = None  # u8 [n, L * No, code size]
+    coarse: np.ndarray | None = None  # [n, L * No]: each object's coarse centroid (a view of the codes)
     offsets: np.ndarray | None = None  # i64 [lists + 1]: rows[offsets[c]:offsets[c + 1]] hold objects of centroid c
     rows: np.ndarray | None = None  # i32
     removed: frozenset[str] = frozenset()  # ids of this segment hidden by a later version
@@ -120,6 +132,13 @@ class Codec:
             ids |= codes[..., b].astype(np.int64) << (8 * b)
         return ids
 
+    def coarse_view(self, codes: np.ndarray) -> np.ndarray:
+        """The coarse ids of codes [n, slots, code size] as a zero-copy strided view [n, slots] (little-endian
+        unsigned of `id_bytes`), so centroid interaction gathers 2 bytes per object instead of decoding codes."""
+        if self.id_bytes not in (1, 2, 4):
+            return self.coarse(np.asarray(codes))
+        return np.asarray(codes)[..., :self.id_bytes].view(f"<u{self.id_bytes}")[..., 0]
+
 
 @dataclass
 class Version:
@@ -134,6 +153,7 @@ class Version:
 
     @property
     def indexed(self) -> bool:
+        """Whether the version has a two-stage index."""
         return self.codec is not None
 
     @property
@@ -181,7 +201,7 @@ def read_ids(path: Path) -> list[str]:
     return ids
 
 
-def read_index(path: Path, expect_size: int, ntotal: int, dim: int, like: Any = None):
+def read_index(path: Path, expect_size: int, ntotal: int, dim: int, like: Any = None) -> Any:
     """A FAISS index, read into RAM (searching a memory-mapped IVF index measured 2-7x slower), checked against its
     expected size, vector count, dimension and (for a segment's index) the trained index it was added to;
     GalleryError naming the file otherwise."""
@@ -265,19 +285,26 @@ def load_version(directory: Path, objects_dims: list[int], events_dims: list[int
                            f"match the similarity graph's {objects_dims} and {events_dims}")
     params = SearchParams.from_json(manifest.get("search"), where)
     index, codec, trained_events = manifest.get("index"), None, None
+    if index is not None and not (isinstance(index, dict) and isinstance(index.get("files"), dict)):
+        raise GalleryError(f"{where}: 'index' must be null or an object with 'files'")
     if index is not None:
-        sizes = index.get("files", {})
+        sizes = index["files"]
         trained = read_index(directory / TRAINED_OBJECTS, sizes.get(TRAINED_OBJECTS, -1), 0, objects_dims[-1])
         codec = Codec(trained, sha256_file(directory / TRAINED_OBJECTS))
         trained_events = read_index(directory / TRAINED_EVENTS, sizes.get(TRAINED_EVENTS, -1), 0, events_dims[-1])
     segments = []
-    for entry in manifest.get("segments", []):
-        segment = _segment(directory / entry["dir"], entry.get("files", {}), objects_dims, events_dims,
-                           video_encoder, require_objects=index is None or index.get("fp16_objects", True),
-                           videos=entry.get("videos"))
+    segments_json = manifest.get("segments")
+    if not isinstance(segments_json, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("dir"), str) and "/" not in e["dir"] and e["dir"] not in ("", "..")
+            and isinstance(e.get("files"), dict) for e in segments_json):
+        raise GalleryError(f"{where}: 'segments' must be a list of {{dir, videos, files}} entries, each dir a folder "
+                           f"of this version")
+    for entry in segments_json:
+        segment = _segment(directory / entry["dir"], entry["files"], objects_dims, events_dims, video_encoder,
+                           require_objects=index is None or index.get("fp16_objects", True), entry=entry)
         segment.removed = frozenset(entry.get("removed", []))
         if codec is not None:
-            _attach_index(segment, entry.get("files", {}), objects_dims, events_dims, codec, trained_events)
+            _attach_index(segment, entry, objects_dims, events_dims, codec, trained_events)
         segments.append(segment)
     ids = [v for s in segments for v in s.ids if v not in s.removed]
     if len(set(ids)) != len(ids):
@@ -286,12 +313,22 @@ def load_version(directory: Path, objects_dims: list[int], events_dims: list[int
 
 
 def _segment(path: Path, sizes: dict[str, int], objects_dims: list[int], events_dims: list[int], video_encoder: str,
-             *, require_objects: bool, videos: int | None = None) -> Segment:
+             *, require_objects: bool, entry: dict | None = None) -> Segment:
+    """One segment's ids and fp16 store; `entry` (its gallery.json entry) gives the sizes, count and uid to check."""
+    if entry is not None:
+        try:
+            size = (path / G.IDS_FILE).stat().st_size
+        except OSError as exc:
+            raise GalleryError(f"cannot read {path / G.IDS_FILE}: {exc}") from None
+        if size != sizes.get(G.IDS_FILE):
+            raise GalleryError(f"{path / G.IDS_FILE} has {size} bytes, gallery.json says {sizes.get(G.IDS_FILE)}: "
+                               f"it is truncated or from another build")
     ids = read_ids(path / G.IDS_FILE)
-    if videos is not None and len(ids) != videos:
-        raise GalleryError(f"{path / G.IDS_FILE} lists {len(ids)} videos, gallery.json says {videos}")
+    if entry is not None and len(ids) != entry.get("videos"):
+        raise GalleryError(f"{path / G.IDS_FILE} lists {len(ids)} videos, gallery.json says {entry.get('videos')}")
     tensors_path = path / G.TENSORS_FILE
-    arrays, metadata = safetensors_arrays(tensors_path, expect_size=sizes.get(G.TENSORS_FILE))
+    arrays, metadata = safetensors_arrays(tensors_path, expect_size=sizes.get(G.TENSORS_FILE, -1) if entry else None)
+    _check_uid(tensors_path, metadata, entry)
     stamp = metadata.get(G.ENCODER_STAMP)
     if stamp is None:
         raise GalleryError(f"{tensors_path} was written before galleries named their video encoder; run "
@@ -311,13 +348,23 @@ def _segment(path: Path, sizes: dict[str, int], objects_dims: list[int], events_
     return Segment(path, ids, arrays["events"], arrays.get("objects"))
 
 
-def _attach_index(segment: Segment, sizes: dict[str, int], objects_dims: list[int], events_dims: list[int],
-                  codec: Codec, trained_events: Any) -> None:
-    n, slots = len(segment.ids), objects_dims[0] * objects_dims[1]
+def _check_uid(path: Path, metadata: dict, entry: dict | None) -> None:
+    """A segment file's uid (metadata SEGMENT_KEY) must be its gallery.json entry's: files of two segments of one
+    build have the same sizes and codec."""
+    if entry is not None and metadata.get(SEGMENT_KEY) != entry.get("uid"):
+        raise GalleryError(f"{path} belongs to segment {metadata.get(SEGMENT_KEY)}, gallery.json lists segment "
+                           f"{entry.get('uid')} here: it was copied from another segment")
+
+
+def _attach_index(segment: Segment, entry: dict, objects_dims: list[int], events_dims: list[int], codec: Codec,
+                  trained_events: Any) -> None:
+    """Open and check a segment's codes, postings and events index."""
+    n, slots, sizes = len(segment.ids), objects_dims[0] * objects_dims[1], entry["files"]
     arrays = {}
     for name in (CODES_FILE, POSTINGS_FILE):
         path = segment.path / name
         found, metadata = safetensors_arrays(path, expect_size=sizes.get(name, -1))
+        _check_uid(path, metadata, entry)
         if metadata.get(CODEC_KEY) != codec.sha256:
             raise GalleryError(f"{path} was made with another codec than {TRAINED_OBJECTS} (sha256 "
                                f"{metadata.get(CODEC_KEY)}, expected {codec.sha256}): it comes from another build")
@@ -329,11 +376,17 @@ def _attach_index(segment: Segment, sizes: dict[str, int], objects_dims: list[in
             raise GalleryError(f"{segment.path}: expected {name} {shape} in {CODES_FILE} / {POSTINGS_FILE}, found "
                                f"{ {k: list(v.shape) for k, v in arrays.items()} }")
     offsets, rows = np.asarray(arrays["offsets"]), arrays.get("rows")
-    if rows is None or offsets[0] != 0 or offsets[-1] != len(rows) or np.any(np.diff(offsets) < 0):
-        raise GalleryError(f"{segment.path / POSTINGS_FILE}: offsets do not index its rows")
+    if (rows is None or offsets[0] != 0 or offsets[-1] != len(rows) or np.any(np.diff(offsets) < 0)
+            or (len(rows) and (np.min(rows) < 0 or np.max(rows) >= n))):
+        raise GalleryError(f"{segment.path / POSTINGS_FILE}: its offsets and rows do not index this segment")
     segment.codes, segment.offsets, segment.rows = arrays["codes"], offsets, rows
-    segment.events_index = read_index(segment.path / EVENTS_INDEX, sizes.get(EVENTS_INDEX, -1), n * events_dims[0],
-                                      events_dims[-1], trained_events)
+    segment.coarse = codec.coarse_view(arrays["codes"])
+    events = segment.path / EVENTS_INDEX
+    segment.events_index = read_index(events, sizes.get(EVENTS_INDEX, -1), n * events_dims[0], events_dims[-1],
+                                      trained_events)
+    if sha256_file(events) != entry.get("events_sha256"):
+        raise GalleryError(f"{events} is not the events index gallery.json lists for this segment (sha256 differs): "
+                           f"it comes from another segment or build")
 
 
 class TensorStream:
