@@ -187,14 +187,16 @@ def update_manifest(repository: Path, model: str) -> None:
     """Refresh one model's entry in `<repository>/manifest.json` (written by `prost repository build`).
 
     The caller holds the model's lock, so the entry (hashed before taking the repository's lock, which stays short)
-    is still current when written; the repository's lock keeps concurrent updates of different entries. The entry's
-    "highest" keeps the highest version ever listed, so a removed number is not given to different content.
+    is still current when written; the repository's lock keeps concurrent updates of different entries. The
+    manifest's "highest" keeps each model's highest version ever listed, so a removed number is not given to
+    different content.
     """
     entry = describe_model_dir(Path(repository) / model)
     with DirectoryLock(repository):
         manifest = read_manifest(repository)
         previous = manifest.setdefault("models", {}).get(model, {})
-        entry["highest"] = max(previous.get("highest") or 0, previous.get("latest") or 0, entry["latest"] or 0)
+        highest = manifest.setdefault("highest", {})
+        highest[model] = max(highest.get(model) or 0, previous.get("latest") or 0, entry["latest"] or 0)
         manifest["models"][model] = entry
         write_manifest(repository, manifest, locked=True)
 
@@ -202,8 +204,9 @@ def update_manifest(repository: Path, model: str) -> None:
 def version_floor(repository: Path, model: str) -> int:
     """The lowest version number a new version of `model` may take: above every number the manifest has listed
     (Triton's response cache is keyed by version, so a number is never reused for different content)."""
-    entry = read_manifest(repository).get("models", {}).get(model, {})
-    return max(entry.get("highest") or 0, entry.get("latest") or 0) + 1
+    manifest = read_manifest(repository)
+    latest = manifest.get("models", {}).get(model, {}).get("latest") or 0
+    return max(manifest.get("highest", {}).get(model) or 0, latest) + 1
 
 
 def read_manifest(repository: Path) -> dict:

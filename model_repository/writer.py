@@ -137,7 +137,8 @@ def write_repository(export_dir: str | Path, out: str | Path, variant: str = "cp
             storage.update_manifest(out, name)  # as a publisher does: model lock, then the repository's
         log.info("%s: %s", name, f"version {version} written" if version else "unchanged")
     with storage.DirectoryLock(out):  # keeps the entries as listed: a publisher may have listed a newer one since
-        listed = storage.read_manifest(out)["models"]
+        current = storage.read_manifest(out)
+        listed = current["models"]
         lost = sorted(set(models) - set(listed))
         if lost:  # another build reset a damaged manifest meanwhile
             raise RepositoryError(f"{out / storage.MANIFEST_FILE} lost the entries of {', '.join(lost)} while this "
@@ -146,7 +147,8 @@ def write_repository(export_dir: str | Path, out: str | Path, variant: str = "cp
             "format": storage.REPOSITORY_FORMAT, "id": repository, "variant": variant,
             "export": {"path": str(export_dir.resolve()), "config": manifest["config"],
                        "files": {k: v["sha256"] for k, v in manifest["files"].items()}},
-            "models": {name: listed[name] for name in sorted(models)}}, locked=True)
+            "models": {name: listed[name] for name in sorted(models)},
+            "highest": current.get("highest", {})}, locked=True)
     return out
 
 

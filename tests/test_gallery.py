@@ -253,3 +253,17 @@ def test_incremental_builds_refuse_full_build_flags(onnx_dir, tmp_path, capsys):
     assert main(["gallery", "build", "--export", str(onnx_dir), "--out", str(tmp_path / "v"), "--incremental",
                  "--base", str(tmp_path), "--nprobe", "4"]) == 1
     assert "--nprobe apply to full builds" in capsys.readouterr().err
+
+
+def test_repository_versions_never_reuse_a_removed_number(onnx_dir, tmp_path):
+    """A version removed from disk (a failed load) keeps its number out of use, across a rebuild too."""
+    from prost_model_repository import storage
+    from prost_model_repository.writer import write_repository
+
+    repo = write_repository(onnx_dir, tmp_path / "repo")
+    model_dir = repo / P.GALLERY_MODEL
+    with storage.DirectoryLock(model_dir):
+        version = storage.stage_version(repo, P.GALLERY_MODEL, {}, minimum=1)
+        storage.unstage_version(repo, P.GALLERY_MODEL, version)
+    write_repository(onnx_dir, repo)
+    assert storage.version_floor(repo, P.GALLERY_MODEL) == version + 1

@@ -55,7 +55,7 @@ class SearchParams:
     """Parameters of a gallery version's search (gallery.json "search"); README: Gallery engine."""
 
     exact_below: int = 20_000  # galleries with fewer videos are scored exactly
-    nprobe: int = 32  # lists probed: of the events index, and object centroids whose videos are candidates
+    nprobe: int = 16  # lists probed: of the events index, and per phrase of the object centroids (their videos)
     candidates: int = 512  # videos from each candidate source: S_es (events index) and S_op (centroid interaction)
     rerank: int = 256  # best approximate videos scored exactly (the fp16 store) for the final top-k
 
