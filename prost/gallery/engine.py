@@ -192,7 +192,7 @@ class GalleryEngine:
         return rows
 
     def _take(self, rows: np.ndarray, name: str) -> np.ndarray:
-        """Rows (ascending) of one per-segment array ("events", "objects", "codes"), concatenated in that order."""
+        """Rows (ascending) of one per-segment array ("events", "objects", "codes", "coarse"), in that order."""
         if not len(rows):
             return np.asarray(getattr(self.version.segments[0], name)[:0])
         parts = []
