@@ -71,22 +71,6 @@ def similarity_graph(objects_dims, events_dims, phrases: int, path: Path) -> Pat
     return path
 
 
-def text_queries(export_dir: Path, data: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Text prototypes of the test captions (first caption per video) and the id of each caption's video."""
-    from prost.config import ProstConfig
-    from prost.data.datasets import load_split
-    from prost.tokenizer import tokenize
-    from prost_export.manifest import read_manifest
-    from prost_export.parity import onnx_session
-
-    config = ProstConfig.from_dict(read_manifest(export_dir)["config"])
-    items = load_split(data, "test")
-    session = onnx_session(export_dir / "text_prototypes.onnx")
-    phrases, sentence = session.run(["PHRASE_PROTOTYPES", "SENTENCE_EMBEDDING"], {
-        "TOKEN_IDS": tokenize([i.captions[0] for i in items], config.max_words).astype(np.int32)})
-    return phrases, sentence, [i.video_id for i in items]
-
-
 def disk_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
@@ -238,7 +222,6 @@ def report(rows: list[dict], out: Path, note: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from prost.data.datasets import load_split
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("scale"))
@@ -279,11 +262,11 @@ def main(argv: list[str] | None = None) -> int:
             export_dir, data, pool = smoke_inputs(work)
         else:
             export_dir, data, pool = args.export, args.data, B.read_prototypes(args.pool)
-        phrases, sentence, truth = text_queries(export_dir, data)
-        step = max(1, len(truth) // args.queries)  # evenly spaced test captions
-        phrases, sentence, truth = phrases[::step], sentence[::step], truth[::step]
-        combined = merged_pool(export_dir, data, pool)
-        alone = len(load_split(data, "test"))  # the test videos alone: ground truth without distractors
+        test, phrases, sentence = encode_split(export_dir, data, "test")
+        step = max(1, len(phrases) // args.queries)  # evenly spaced test captions
+        phrases, sentence, truth = phrases[::step], sentence[::step], test.video_ids[::step]
+        combined = merged_pool(test, pool)
+        alone = len(test.video_ids)  # the test videos alone: ground truth without distractors
         run_setting("tiny", combined, (phrases, sentence), [alone, *sizes], argparse.Namespace(
             **{**vars(args), "exact_limit": max(sizes)}), work, rows, truth)
     if "vit-b-32" in settings:
@@ -293,46 +276,41 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def merged_pool(export_dir: Path, data: Path, pool) -> B.ArrayPrototypes:
-    """The test split's prototypes (encoded here through the export's video graph) followed by the pool's."""
-    from prost.data.datasets import load_split
-
-    test = encode_split(export_dir, load_split(data, "test"))
+def merged_pool(test: B.ArrayPrototypes, pool) -> B.ArrayPrototypes:
+    """The test split's prototypes followed by the pool's (ids prefixed, so the two datasets never collide)."""
     return B.ArrayPrototypes(list(test.video_ids) + [f"pool-{v}" for v in pool.video_ids],
                              np.concatenate([np.asarray(a, np.float32) for a in (test.objects, pool.objects)]),
                              np.concatenate([np.asarray(a, np.float32) for a in (test.events, pool.events)]))
 
 
-def encode_split(export_dir: Path, items) -> B.ArrayPrototypes:
-    """Video prototypes of dataset items through the export's video graph (as the server encodes them)."""
+def encode_split(export_dir: Path, data: Path, split: str) -> tuple[B.ArrayPrototypes, np.ndarray, np.ndarray]:
+    """A split's video prototypes and the text prototypes of each video's first caption, through the export's
+    graphs, decoded and tokenized as the export's ranking gate does (`prost_export.parity.dataset_inputs`)."""
     from prost.config import ProstConfig
-    from prost.data.video import decode_video
+    from prost.data.datasets import load_split
     from prost_export.manifest import read_manifest
-    from prost_export.parity import onnx_session
+    from prost_export.parity import dataset_inputs, onnx_backend
 
     config = ProstConfig.from_dict(read_manifest(export_dir)["config"])
-    session = onnx_session(export_dir / "video_prototypes.onnx")
-    objects, events = [], []
-    for i in range(0, len(items), 32):
-        frames = np.stack([decode_video(it.path, config.head.num_frames, config.vision.image_size, it.start, it.end,
-                                        sample_fps=config.sample_fps).frames for it in items[i:i + 32]])
-        o, e = session.run(["OBJECT_PROTOTYPES", "EVENT_PROTOTYPES"], {"FRAMES": frames})
-        objects.append(o)
-        events.append(e)
-    return B.ArrayPrototypes([it.video_id for it in items], np.concatenate(objects), np.concatenate(events))
+    ids = [item.video_id for item in load_split(data, split)]
+    frames, tokens = dataset_inputs(config, data, split, max_videos=len(ids))
+    run = onnx_backend(export_dir, config)
+    videos = [run("video_prototypes", {"FRAMES": frames[i:i + 32]}) for i in range(0, len(frames), 32)]
+    text = run("text_prototypes", {"TOKEN_IDS": tokens})
+    prototypes = B.ArrayPrototypes(ids, np.concatenate([v["OBJECT_PROTOTYPES"] for v in videos]),
+                                   np.concatenate([v["EVENT_PROTOTYPES"] for v in videos]))
+    return prototypes, text["PHRASE_PROTOTYPES"], text["SENTENCE_EMBEDDING"]
 
 
 def smoke_inputs(work: Path):
     """A random-weight tiny export, a 40-video synthetic dataset and its prototypes as the pool (smoke run)."""
     import prost
-    from prost.data.datasets import load_split
     from prost.data.synthetic import generate
     from prost_export.onnx import export_onnx
 
     export_dir = export_onnx(prost.create_model("tiny", seed=0).eval(), work / "export")
     data = generate(work / "data", videos=40, seed=0, workers=1)
-    items = [it for split in ("train", "val") for it in load_split(data, split)]
-    return export_dir, data, encode_split(export_dir, items)
+    return export_dir, data, encode_split(export_dir, data, "train")[0]
 
 
 if __name__ == "__main__":

@@ -190,9 +190,9 @@ def _build_into_repository(repository: Path, base: Path | None, incremental: boo
 
 def _full_build_flags(args: argparse.Namespace) -> dict[str, bool]:
     """{flag: given} for the flags only a full build uses (index, quantisers, search parameters)."""
-    defaults = {**{f.name: f.default for f in fields(SearchParams)}, "objects_lists": 0, "events_lists": 0,
-                "pq_bytes": 0, "train_videos": B.IndexOptions.train_videos, "seed": 0, "no_fp16_store": False,
-                "index": "auto"}
+    defaults = {**{f.name: f.default for f in fields(SearchParams)},
+                **{f.name: f.default for f in fields(B.IndexOptions) if f.name != "fp16_objects"},
+                "no_fp16_store": False, "index": "auto"}
     return {f"--{name.replace('_', '-')}": getattr(args, name) != default for name, default in defaults.items()}
 
 

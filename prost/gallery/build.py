@@ -272,9 +272,10 @@ def update_version(out: Path, base: Path, *, add: Prototypes | None, remove: Ite
     if add is not None:
         check_prototypes(add.video_ids, add.objects, add.events, source="added prototypes")
         _check_dims(add, objects_dims, events_dims)
+    segment_ids = {entry["dir"]: S.read_ids(base / entry["dir"] / G.IDS_FILE) for entry in manifest["segments"]}
     present = set()
     for entry in manifest["segments"]:
-        present |= set(S.read_ids(base / entry["dir"] / G.IDS_FILE)) - set(entry.get("removed", []))
+        present |= set(segment_ids[entry["dir"]]) - set(entry.get("removed", []))
     unknown = sorted(remove - present)
     if unknown:
         raise GalleryError(f"cannot remove {len(unknown)} id(s) the gallery does not hold: {', '.join(unknown[:5])}")
@@ -283,7 +284,7 @@ def update_version(out: Path, base: Path, *, add: Prototypes | None, remove: Ite
     segments, number = [], 0
     for entry in manifest["segments"]:
         number = max(number, int(entry["dir"].rsplit("-", 1)[-1]) if entry["dir"].startswith("seg-") else 0)
-        ids = S.read_ids(base / entry["dir"] / G.IDS_FILE)
+        ids = segment_ids[entry["dir"]]
         gone = sorted((set(entry.get("removed", [])) | (hidden & set(ids))))
         if len(gone) == len(ids):
             continue  # every video of this segment is removed: the new version drops it
