@@ -37,15 +37,15 @@ from prost_model_repository.writer import write_repository  # noqa: E402
 
 PYTHON_MODELS = (P.GALLERY_MODEL, P.TEXT_MODEL, P.TOKENIZER_MODEL)  # whose stubs the faults kill (cpu variant)
 FULL = {"load_seconds": 60, "warmup_seconds": 15, "load_callers": 64, "fault_seconds": 20, "fault_callers": 16,
-        "videos": 2000}
+        "videos": 2000, "request_timeout": 5}
 SMOKE = {"load_seconds": 3, "warmup_seconds": 1, "load_callers": 16, "fault_seconds": 7, "fault_callers": 8,
-         "videos": 64}
+         "videos": 64, "request_timeout": 3}
 
 
 class Served:
     """`prost serve --restart-on-crash` as a subprocess on free ports, with its key and log."""
 
-    def __init__(self, repository: Path, work: Path) -> None:
+    def __init__(self, repository: Path, work: Path, request_timeout: float) -> None:
         self.repository, self.log = repository, work / "serve.err"
         ports = free_ports(3)
         self.url = f"127.0.0.1:{ports[0]}"
@@ -53,7 +53,8 @@ class Served:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "prost_cli.main", "serve", "--repository", str(repository), "--grpc-port",
                  str(ports[0]), "--http-port", str(ports[1]), "--metrics-port", str(ports[2]), "--restart-on-crash",
-                 "--stub-watchdog", "1", "--grace", "8", "--log-dir", str(work / "logs")], stderr=log)
+                 "--stub-watchdog", "1", "--request-timeout", str(request_timeout), "--grace", "8", "--log-dir",
+                 str(work / "logs")], stderr=log)
         self.wait_for("ready in")
         self.key = (repository / storage.KEY_FILE).read_text().strip()
 
@@ -239,12 +240,12 @@ def faults(served: Served, sizes: dict) -> list[dict]:
     """Each fault injected 2 s into a load: requests sent, failed as ProstClient saw them, recovery time."""
     rows = []
 
-    def kill_stub(model: str):
+    def signal_stub(model: str, signum: int):
         def inject(t0: float) -> dict:
             time.sleep(max(0.0, t0 + 2 - time.monotonic()))
             for key, stub in live_stubs(served.server_pid()).items():
                 if key[0] == model:
-                    os.kill(stub.pid, signal.SIGKILL)
+                    os.kill(stub.pid, signum)
             killed = time.monotonic()
             return {"recovery_s": recovery_seconds(served.url, killed)}
         return inject
@@ -255,7 +256,9 @@ def faults(served: Served, sizes: dict) -> list[dict]:
         killed = time.monotonic()
         return {"recovery_s": recovery_seconds(served.url, killed)}
 
-    cases = [(f"{m} stub killed (SIGKILL)", kill_stub(m)) for m in PYTHON_MODELS]
+    cases = [(f"{m} stub killed (SIGKILL)", signal_stub(m, signal.SIGKILL)) for m in PYTHON_MODELS]
+    cases.append((f"{P.GALLERY_MODEL} stub stuck (SIGSTOP), --request-timeout {sizes['request_timeout']} s",
+                  signal_stub(P.GALLERY_MODEL, signal.SIGSTOP)))
     cases.append(("tritonserver killed (SIGKILL), --restart-on-crash", kill_server))
     for i, (name, inject) in enumerate(cases):
         result = search_load(served.url, sizes["fault_callers"], sizes["fault_seconds"], f"fault{i}", inject)
@@ -308,7 +311,7 @@ def run(out: Path, smoke: bool) -> dict:
     model = prost.create_model("tiny", seed=0)
     export = export_onnx(model, work / "export", parity=False)
     repository = write_repository(export, work / "repo")
-    served = Served(repository, work)
+    served = Served(repository, work, sizes["request_timeout"])
     report: dict = {"sizes": sizes}
     try:
         report["publish_initial_s"] = publish_random_gallery(served, sizes["videos"], seed=1)

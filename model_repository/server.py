@@ -39,6 +39,7 @@ from pathlib import Path
 from prost.errors import RepositoryError
 from prost_client.protocol import INFERENCE_KEY_HEADER, REPOSITORY_KEY_HEADER
 from prost_model_repository import storage
+from prost_model_repository.busy import BUSY_DIR_ENV
 from prost_model_repository.watchdog import StubWatchdog
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ class TritonServer:
                  metrics_port: int = 8002, host: str = "127.0.0.1", log_dir: str | Path | None = None,
                  models: list[str] | None = None, repository_key: str | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, ready_timeout: float = 180.0, grace: float = 30.0,
-                 tls: TLS | None = None, inference_key: str | None = None,
+                 tls: TLS | None = None, inference_key: str | None = None, request_timeout: float = 0.0,
                  extra_args: list[str] | None = None) -> None:
         """
         Args:
@@ -192,6 +193,8 @@ class TritonServer:
             grace: seconds between SIGINT and SIGKILL when stopping (Triton's exit timeout is grace - 5, min 1).
             tls: serve gRPC over TLS. HTTP, which Triton serves without TLS, then listens on 127.0.0.1 only.
             inference_key: restrict the inference and health protocols (gRPC and HTTP) to callers sending it.
+            request_timeout: in `serve_forever`, the seconds a python-backend stub may spend in one request (or
+                stopped) before the watchdog kills it and reloads its model (0: no limit).
         """
         self.repository = Path(repository).resolve()
         check_repository(self.repository)
@@ -213,6 +216,8 @@ class TritonServer:
         self.repository_key = repository_key or secrets.token_urlsafe(24)
         self.cache_bytes, self.ready_timeout, self.grace = cache_bytes, ready_timeout, grace
         self.extra_args = list(extra_args or [])
+        self.request_timeout = request_timeout
+        self.busy_dir = self.log_dir / "busy"  # the stubs' busy marks (prost_model_repository.busy)
         self.process: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
         self.stop_signal: int | None = None  # set by request_stop (a signal handler)
@@ -258,6 +263,9 @@ class TritonServer:
                      f"--cache-directory={wheel_root / 'caches'}"]
         env = dict(os.environ)
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env.pop(BUSY_DIR_ENV, None)
+        if self.request_timeout > 0:
+            env[BUSY_DIR_ENV] = str(self.busy_dir)
         return args + self.extra_args, env
 
     def start(self) -> TritonServer:
@@ -267,6 +275,8 @@ class TritonServer:
         if self.stop_signal is not None:
             raise StopRequested(f"signal {self.stop_signal} before tritonserver started")
         args, env = self.command()
+        shutil.rmtree(self.busy_dir, ignore_errors=True)  # marks of a previous run's stubs
+        self.busy_dir.mkdir()
         started = time.monotonic()
         wrapper = [sys.executable, "-I", "-S", "-c", _PDEATHSIG_EXEC, str(os.getpid())]
         with open(self.log_path, "ab") as log_file:
@@ -437,7 +447,8 @@ class TritonServer:
 
     def _watch_stubs(self, server_pid: int, interval: float, done: threading.Event) -> None:
         """serve_forever's watchdog thread: a check every `interval` seconds until `done`."""
-        watchdog = StubWatchdog(server_pid, self.repository, self.ready_versions, self.load_model)
+        watchdog = StubWatchdog(server_pid, self.repository, self.ready_versions, self.load_model,
+                                busy_dir=self.busy_dir, request_timeout=self.request_timeout)
         while not done.wait(interval):
             try:
                 watchdog.check()
@@ -479,6 +490,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--stub-watchdog", type=float, default=2.0, metavar="SECONDS",
                         help="how often to look for dead python-backend stubs and reload their models (0: never; "
                              "default 2)")
+    parser.add_argument("--request-timeout", type=float, default=120.0, metavar="SECONDS",
+                        help="a python-backend stub in one request (or stopped) this long is killed and its model "
+                             "reloaded; clients retry its requests (0: no limit; default 120; needs --stub-watchdog)")
     parser.set_defaults(func=_serve_cmd)
 
 
@@ -491,10 +505,13 @@ def _tls(args: argparse.Namespace) -> TLS | None:
 
 
 def _serve_cmd(args: argparse.Namespace) -> int:
+    if args.request_timeout < 0 or args.request_timeout > 0 and args.stub_watchdog <= 0:
+        raise RepositoryError(f"--request-timeout {args.request_timeout:g} needs a value >= 0 and the stub watchdog "
+                              f"(--stub-watchdog > 0) to enforce it; pass --request-timeout 0 for no limit")
     server = TritonServer(args.repository, grpc_port=args.grpc_port, http_port=args.http_port,
                           metrics_port=args.metrics_port, host=args.host, log_dir=args.log_dir,
                           repository_key=args.repository_key, ready_timeout=args.ready_timeout, grace=args.grace,
-                          tls=_tls(args), inference_key=args.inference_key)
+                          tls=_tls(args), inference_key=args.inference_key, request_timeout=args.request_timeout)
     # prost-client index --repository reads the key there; a read-only repository keeps it beside the logs. Written
     # before the start, so a client that sees the server ready finds it.
     key_file = storage.write_key(server.repository, server.repository_key) or storage.write_key(

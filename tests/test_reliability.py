@@ -1,5 +1,5 @@
 """The reliability suite at its smallest size: every malformed request leaves the server healthy, no ProstClient call
-fails through a killed stub, a killed server, a publish or an encoder swap under load, and TLS and the keys refuse
+fails through a killed or stuck stub, a killed server, a publish or an encoder swap under load, and TLS and the keys refuse
 and serve as they should. The full suite (`make reliability`) runs minutes per case."""
 
 from __future__ import annotations
@@ -22,5 +22,5 @@ def test_reliability_smoke(tmp_path):
     assert verdict["failed_calls_under_faults"] == 0 and verdict["failed_calls_under_load"] == 0, verdict
     assert verdict["access_as_expected"], report["access"]
     assert all(row["sent"] > 0 and row["during"]["recovery_s"] > 0 for row in report["faults"])
-    assert len(report["faults"]) == 4 and "| malformed requests |" in (tmp_path / "report.md").read_text()
+    assert len(report["faults"]) == 5 and "| malformed requests |" in (tmp_path / "report.md").read_text()
     assert report["rebuild_under_load"]["sent"] > 0 and report["rebuild_under_load"]["during"]["swap_s"] > 0

@@ -1,12 +1,15 @@
 """The stub watchdog's decisions on a fake /proc: a dead stub of a READY version is reloaded under the model's lock
 (its lock file touched, so Triton does reload), and checked to be back; stubs of versions swapped or unloaded on
-purpose are not; a reload that does not bring the stub back is retried after the backoff, not in a loop."""
+purpose are not; a reload that does not bring the stub back is retried after the backoff, not in a loop; a stub stuck
+in a request or stopped past the request timeout is killed."""
 
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -79,3 +82,43 @@ def test_only_a_dead_stub_of_a_ready_version_is_reloaded(tmp_path, caplog):
     time.sleep(watchdog.backoff)
     revive = True
     assert watchdog.check() == ["prost_text"] and loads == ["prost_text"] * 3
+
+
+def test_a_stub_stuck_in_a_request_or_stopped_past_the_timeout_is_killed_then_reloaded(tmp_path, caplog):
+    """Real processes stand in for stubs (the fake /proc names their pids): one busy past the timeout and one stopped
+    past it are killed and their models reloaded at once, within another reload's backoff; one busy within the
+    timeout, and one without a mark, live on."""
+    proc, repo, busy = tmp_path / "proc", tmp_path / "repo", tmp_path / "busy"
+    proc.mkdir(), busy.mkdir()
+    sleepers = {model: subprocess.Popen(["sleep", "60"]) for model in ("stuck", "stopped", "slow", "idle")}
+    try:
+        for model, child in sleepers.items():
+            add_stub(proc, child.pid, model, 1, root=str(repo), state="T" if model == "stopped" else "S")
+        (busy / str(sleepers["stuck"].pid)).touch()
+        os.utime(busy / str(sleepers["stuck"].pid), (time.time() - 10, time.time() - 10))
+        loads = []
+
+        def load(model: str) -> None:  # the reload starts a new, idle stub (never signalled: it has no mark)
+            loads.append(model)
+            add_stub(proc, 300 + len(loads), model, 1, root=str(repo))
+
+        watchdog = StubWatchdog(SERVER, repo, lambda: {(m, "1") for m in sleepers}, load, confirm=1,
+                                backoff=600.0, busy_dir=busy, request_timeout=0.5, proc=proc)
+        watchdog.reloaded_at["stuck"] = time.monotonic()  # a recent reload's backoff does not delay this one
+        with caplog.at_level(logging.ERROR, logger="prost_model_repository.watchdog"):
+            assert watchdog.check() == []  # the stopped one is seen stopped from now on
+            time.sleep(0.6)
+            (busy / str(sleepers["slow"].pid)).touch()  # a request that began just now
+            assert watchdog.check() == []
+        for model in ("stuck", "stopped"):
+            assert sleepers[model].wait(5) == -signal.SIGKILL
+            shutil.rmtree(proc / str(sleepers[model].pid))  # as /proc forgets a reaped process
+        assert sleepers["slow"].poll() is None and sleepers["idle"].poll() is None
+        assert "stub stuck_0_0 of stuck has been in one request for 10 s, past the request timeout (0.5 s)" in caplog.text
+        assert "stub stopped_0_0 of stopped has been stopped for 1 s" in caplog.text
+        assert watchdog.check() == ["stopped", "stuck"] and sorted(loads) == ["stopped", "stuck"]
+        assert not (busy / str(sleepers["stuck"].pid)).exists()  # forgotten with its stub
+    finally:
+        for child in sleepers.values():
+            child.kill()
+            child.wait()

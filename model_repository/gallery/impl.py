@@ -20,6 +20,7 @@ from prost.gallery.engine import GalleryEngine, OnnxScorer
 from prost.gallery.store import load_version
 from prost_client import gallery_format as G, protocol as P
 from prost_model_repository import param_keys as K
+from prost_model_repository.busy import marks_busy
 from prost_model_repository.utils import ParameterError, dims, internal, invalid, model_config, ort_session
 from prost_model_repository.utils import param, param_float, param_int, parameters, version_dir
 
@@ -54,6 +55,7 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"prost_gallery version {args['model_version']}: {self.engine.size} videos, "
                                  f"{self.engine.mode} search")
 
+    @marks_busy
     def execute(self, requests):
         responses, work = [None] * len(requests), []
         for i, request in enumerate(requests):

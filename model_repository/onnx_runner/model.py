@@ -14,6 +14,7 @@ import triton_python_backend_utils as pb_utils
 
 from prost_client import protocol as P
 from prost_model_repository import param_keys as K
+from prost_model_repository.busy import marks_busy
 from prost_model_repository.utils import ParameterError, internal, invalid, model_config, ort_session, param
 from prost_model_repository.utils import param_float, param_int, parameters, version_dir
 
@@ -41,6 +42,7 @@ class TritonPythonModel:
                                          f"optional")
                 self.defaults[P.BETA] = np.array([param_float(params, P.BETA_PARAM)], np.float32)
 
+    @marks_busy
     def execute(self, requests):
         feeds = [self._feeds(request) for request in requests]
         if self.batched and len(requests) > 1:

@@ -9,6 +9,7 @@ import triton_python_backend_utils as pb_utils
 from prost.tokenizer import get_tokenizer, tokenize
 from prost_client import protocol as P
 from prost_model_repository import param_keys as K
+from prost_model_repository.busy import marks_busy
 from prost_model_repository.utils import ParameterError, decode_strings, dims, invalid, model_config, parameters
 from prost_model_repository.utils import param_int
 
@@ -23,6 +24,7 @@ class TritonPythonModel:
             raise ParameterError(f"MAX_WORDS={self.max_words} but {P.TOKEN_IDS} dims are {dims(config, P.TOKEN_IDS)}")
         get_tokenizer()  # load the BPE vocabulary now, not on the first request
 
+    @marks_busy
     def execute(self, requests):
         return [self._one(request) for request in requests]
 

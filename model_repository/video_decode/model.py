@@ -17,6 +17,7 @@ from prost.data.video import decode_video
 from prost.errors import DataError
 from prost_client import protocol as P
 from prost_model_repository import param_keys as K
+from prost_model_repository.busy import marks_busy
 from prost_model_repository.utils import ParameterError, dims, internal, invalid, model_config, param_int, parameters
 from prost_model_repository.utils import param_optional_float
 
@@ -36,6 +37,7 @@ class TritonPythonModel:
                                  f"{dims(config, P.FRAMES)}")
         self.logger = pb_utils.Logger
 
+    @marks_busy
     def execute(self, requests):
         return [self._one(request) for request in requests]
 
