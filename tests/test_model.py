@@ -112,6 +112,18 @@ def test_chunked_similarity_equals_unchunked():
             assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_bf16_similarity_rounds_each_cosine_once():
+    """bf16 S_op (8 significant bits per input) keeps every score within 4e-3 of fp32 and returns float32; an
+    unknown precision is refused."""
+    text, video = random_prototypes(n_t=5, n_v=9, seed=2)
+    full, half = similarity(text, video, beta=1.5), similarity(text, video, beta=1.5, compute="bf16")
+    assert half.total.dtype == torch.float32 and torch.equal(full.s_es, half.s_es)  # S_es is one GEMV: fp32
+    for a, b in ((full.total, half.total), (full.s_op, half.s_op)):
+        assert 0 < (a - b).abs().max() < 4e-3
+    with pytest.raises(ValueError, match="compute must be one of fp32, bf16"):
+        similarity(text, video, compute="int8")
+
+
 @pytest.fixture(scope="module")
 def tiny():
     return prost.create_model("tiny", seed=0)

@@ -11,9 +11,12 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-# Largest [T, Np, V, L, No] block materialised at once by `similarity` (elements, fp32: 64 MiB).
-DEFAULT_BLOCK_ELEMENTS = 1 << 24
-
+# Largest [t, Np, v, L, No] pair-score block `similarity` materialises at once (elements, fp32: 4 MiB): small enough
+# to stay near the caches, large enough for an efficient GEMM (bench/similarity.py measured 1M-4M best on 2 cores).
+DEFAULT_BLOCK_ELEMENTS = 1 << 20
+# Phrase rows per block (texts x Np): every video block streamed from memory is reused by this many rows of the GEMM.
+PHRASE_ROWS = 1024
+COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 class Similarity(NamedTuple):
     """Text-by-video score matrices [T, V]."""
@@ -36,13 +39,14 @@ def event_sentence(sentence: torch.Tensor, events: torch.Tensor) -> torch.Tensor
 def object_phrase(phrases: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
     """OPPM: phrases [T, Np, D], objects [V, L, No, D] -> [T, V].
 
-    Each object slot takes its best phrase over all frames, then slots are averaged (divisor No).
+    Each object slot takes its best phrase over all frames, then slots are averaged (divisor No) in float32 whatever
+    the GEMM's dtype, so a bf16 GEMM rounds each cosine once and not their mean.
     """
     t, n_p, d = phrases.shape
     v, n_l, n_o, _ = objects.shape
     sims = phrases.reshape(t * n_p, d) @ objects.reshape(v * n_l * n_o, d).transpose(0, 1)
     sims = sims.reshape(t, n_p, v, n_l, n_o).amax(dim=1).amax(dim=2)  # [T, V, No]
-    return sims.mean(dim=-1)
+    return sims.float().mean(dim=-1)
 
 
 def combine(s_es: torch.Tensor, s_op: torch.Tensor, beta: float | torch.Tensor) -> Similarity:
@@ -50,25 +54,34 @@ def combine(s_es: torch.Tensor, s_op: torch.Tensor, beta: float | torch.Tensor) 
     return Similarity(s_es + beta * s_op, s_es, s_op)
 
 
-def similarity(text, video, beta: float = 1.0, block_elements: int = DEFAULT_BLOCK_ELEMENTS) -> Similarity:
+def similarity(text, video, beta: float = 1.0, block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+               compute: str = "fp32") -> Similarity:
     """Score TextPrototypes against VideoPrototypes in blocks, never holding more than `block_elements` pair scores.
+
+    Blocks take up to PHRASE_ROWS phrase rows (many texts) against as many videos as fit, so each video block is read
+    from memory once per text tile rather than once per text.
 
     Args:
         text: TextPrototypes (phrases [T, Np, D], sentence [T, D]).
         video: VideoPrototypes (objects [V, L, No, D], events [V, Ne, D]).
         beta: weight of S_op.
         block_elements: bound on the size of the intermediate [t, Np, v, L, No] block.
+        compute: "fp32", or "bf16" for the S_op GEMM in bfloat16 (about twice the fp32 rate on CPUs with AVX-512
+            BF16 or AMX; scores move by about 1e-3, so near-ties may swap); results are float32 either way.
     """
-    phrases, sentence = text.phrases, text.sentence
-    objects, events = video.objects, video.events
-    n_t, n_v = phrases.shape[0], objects.shape[0]
-    per_pair = phrases.shape[1] * objects.shape[1] * objects.shape[2]
-    video_chunk = max(1, min(n_v, block_elements // per_pair))
-    text_chunk = max(1, block_elements // (per_pair * video_chunk))
-    s_op = phrases.new_empty(n_t, n_v)
+    if compute not in COMPUTE_DTYPES:
+        raise ValueError(f"compute must be one of {', '.join(COMPUTE_DTYPES)}, got {compute!r}")
+    dtype = COMPUTE_DTYPES[compute]
+    phrases, objects = text.phrases.to(dtype), video.objects.to(dtype)
+    n_t, n_p = phrases.shape[:2]
+    n_v = objects.shape[0]
+    per_pair = n_p * objects.shape[1] * objects.shape[2]
+    text_chunk = max(1, min(n_t, PHRASE_ROWS // n_p, block_elements // per_pair))
+    video_chunk = max(1, min(n_v, block_elements // (per_pair * text_chunk)))
+    s_op = text.phrases.new_empty(n_t, n_v, dtype=torch.float32)
     for t0 in range(0, n_t, text_chunk):
         for v0 in range(0, n_v, video_chunk):
             s_op[t0 : t0 + text_chunk, v0 : v0 + video_chunk] = object_phrase(
                 phrases[t0 : t0 + text_chunk], objects[v0 : v0 + video_chunk]
             )
-    return combine(event_sentence(sentence, events), s_op, beta)
+    return combine(event_sentence(text.sentence.float(), video.events.float()), s_op, beta)
