@@ -55,6 +55,7 @@ from prost.gallery.store import data_files, version_stamp
 from prost.model.similarity import DEFAULT_BLOCK_ELEMENTS
 from prost_client import gallery_format as G, protocol as P
 from prost_export.manifest import read_manifest
+from prost_export.precision import PRECISIONS, served_file
 from prost_export.specs import GraphSpec, arch_tag, graph_specs
 from prost_model_repository import param_keys as K, storage
 from prost_model_repository.ensembles import DTYPES, ModelSpec, ensembles, model_config, search_results, spec_tensor
@@ -93,6 +94,8 @@ class RepositoryOptions:
     max_source_frames: int = _option(20000, 'clips listing more frames are refused before decoding')
     tensorrt_version: str = _option("", "tensorrt variant: the serving Triton's TensorRT version; plans built "
                                         "with another are refused")
+    precision: str = _option("fp32", "cpu variant: the encoders' precision, fp32 or one `prost export --precision` "
+                                     "added and gated (int8)")
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -101,6 +104,11 @@ class RepositoryOptions:
                      "max_source_frames"):
             if getattr(self, name) < 1:
                 raise RepositoryError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise RepositoryError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        if self.precision != "fp32" and self.variant != "cpu":
+            raise RepositoryError(f"--precision {self.precision} serves ONNX Runtime's CPU kernels: use --variant cpu "
+                                  f"(GPU variants take fp16 through --fp16 or `prost build-engines`)")
         if self.max_top_k < P.DEFAULT_TOP_K:
             raise RepositoryError(f"max_top_k {self.max_top_k} is below the default TOP_K {P.DEFAULT_TOP_K}: every "
                                   f"search without TOP_K would be refused")
@@ -145,6 +153,7 @@ def write_repository(export_dir: str | Path, out: str | Path, variant: str = "cp
                                   f"build ran (another `prost repository build`?); run the build again")
         storage.write_manifest(out, {
             "format": storage.REPOSITORY_FORMAT, "id": repository, "variant": variant,
+            "precision": options.precision,
             "export": {"path": str(export_dir.resolve()), "config": manifest["config"],
                        "files": {k: v["sha256"] for k, v in manifest["files"].items()}},
             "models": {name: listed[name] for name in sorted(models)},
@@ -180,7 +189,7 @@ def build_models(export_dir: Path, manifest: dict, config: ProstConfig, options:
     py = {name: Path(str(source / name / "model.py"))
           for name in ("tokenizer", "onnx_runner", "video_decode", "gallery")}
     mbs, vbs = options.max_batch_size, options.max_video_batch_size
-    video_sha = manifest["files"][specs["video_prototypes"].onnx_file]["sha256"]
+    video_sha = manifest["files"][served_file(manifest, specs["video_prototypes"], options.precision)]["sha256"]
     beta = repr(float(config.beta))  # BETA_PARAM: the one encoding of beta in the repository
     (token_ids,), (frames,) = specs["text_prototypes"].inputs, specs["video_prototypes"].inputs
     models = {
@@ -226,14 +235,15 @@ def _graph_model(name: str, spec: GraphSpec, mbs: int, export_dir: Path, manifes
     inputs = [spec_tensor(t, mbs > 0, optional=optional_beta and t.name == P.BETA) for t in spec.inputs]
     outputs = [spec_tensor(t, mbs > 0) for t in spec.outputs]
     params = {P.BETA_PARAM: beta} if optional_beta and name == P.SIMILARITY_MODEL else {}
+    graph_file = served_file(manifest, spec, options.precision)
     if name == P.VIDEO_MODEL:  # clients stamp the galleries they encode with it
-        params[P.VIDEO_ENCODER_PARAM] = manifest["files"][spec.onnx_file]["sha256"]
+        params[P.VIDEO_ENCODER_PARAM] = manifest["files"][graph_file]["sha256"]
     model = model_config(name, mbs, inputs, outputs, params)
     kind = mc.ModelInstanceGroup.KIND_CPU if options.variant == "cpu" else mc.ModelInstanceGroup.KIND_GPU
     model.instance_group.add(kind=kind, count=options.instances)
     if name == P.TEXT_MODEL and options.variant != "cpu":
         model.response_cache.enable = True  # repeated queries skip the text encoder (see the module docstring)
-    files = _onnx_files(export_dir, spec)
+    files = _onnx_files(export_dir, graph_file)
     if options.variant == "cpu":
         model.backend = "python"
         model.parameters[K.ONNX_FILE].string_value = "model.onnx"
@@ -298,10 +308,10 @@ def _warmup(model: mc.ModelConfig, spec: GraphSpec, mbs: int) -> None:
         value.zero_data = True
 
 
-def _onnx_files(export_dir: Path, spec: GraphSpec) -> dict[str, Path]:
+def _onnx_files(export_dir: Path, graph_file: str) -> dict[str, Path]:
     """model.onnx plus its external-data file, which keeps its name (the graph refers to it)."""
-    files: dict[str, Path] = {"model.onnx": export_dir / spec.onnx_file}
-    data = export_dir / f"{spec.onnx_file}.data"
+    files: dict[str, Path] = {"model.onnx": export_dir / graph_file}
+    data = export_dir / f"{graph_file}.data"
     if data.is_file():
         files[data.name] = data
     return files

@@ -36,6 +36,19 @@ def synthetic_dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(run directory, dataset): a tiny model trained for 300 steps on 200 synthetic videos (about a minute)."""
+    from prost.data.synthetic import generate
+    from prost_cli.main import main
+
+    root = tmp_path_factory.mktemp("trained")
+    data = generate(root / "data", videos=200, seed=11, workers=1)
+    assert main(["train", "--data", str(data), "--preset", "tiny", "--out", str(root / "run"), "--max-steps", "300",
+                 "--epochs", "75", "--batch-size", "32", "--precision", "bf16", "--no-progress"]) == 0
+    return root / "run", data
+
+
+@pytest.fixture(scope="session")
 def synthetic_videos(synthetic_dataset) -> list[Path]:
     """The dataset's mp4 files, sorted."""
     return sorted((synthetic_dataset / "videos").glob("*.mp4"))

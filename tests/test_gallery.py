@@ -49,19 +49,14 @@ def real(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """200 real synthetic videos and their captions, encoded by a tiny model trained for 300 steps on them (about a
-    minute). Recall needs a trained model: a random-weight one maps every video to nearly the same prototypes, so
-    exact scores tie to the third decimal and any approximation reorders them."""
+def trained(trained_run):
+    """The trained tiny model's prototypes of its 200 synthetic videos and their captions. Recall needs a trained
+    model: a random-weight one maps every video to nearly the same prototypes, so exact scores tie to the third
+    decimal and any approximation reorders them."""
     import prost
-    from prost.data.synthetic import generate
-    from prost_cli.main import main
 
-    root = tmp_path_factory.mktemp("trained")
-    data = generate(root / "data", videos=200, seed=11, workers=1)
-    assert main(["train", "--data", str(data), "--preset", "tiny", "--out", str(root / "run"), "--max-steps", "300",
-                 "--epochs", "75", "--batch-size", "32", "--precision", "bf16", "--no-progress"]) == 0
-    return encoded(prost.load_model(root / "run"), data)
+    run, data = trained_run
+    return encoded(prost.load_model(run), data)
 
 
 @pytest.fixture(scope="module")
