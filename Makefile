@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo reliability clean
+.PHONY: setup test demo reliability bench clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,11 @@ demo: setup
 # Minutes per case (not part of `make test`, which runs it with --smoke): writes reliability/report.md and .json.
 reliability: setup
 	$(PY) bench/reliability.py --out reliability
+
+# Speed as ratios to references measured in the same run (not part of `make test`, which runs it with --smoke):
+# writes bench/report.md, bench/report.json and PNG plots, in under 30 minutes on 2 cores.
+bench: setup
+	$(PY) bench/report.py --out bench
 
 clean:
 	rm -rf $(VENV) demo

@@ -14,6 +14,7 @@ import html
 import io
 import json
 import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -34,6 +35,8 @@ from prost_client.client import ProstClient
 from prost_client.wire import SearchHit
 from prost_export.manifest import read_manifest
 from prost_model_repository.server import TritonServer, free_ports
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"  # where `make bench` writes its plots
 
 log = logging.getLogger("prost_cli.demo")
 
@@ -115,7 +118,8 @@ def serve(client: ProstClient, items: list[VideoItem], repo: Path, config: Prost
             mark = "  <- ground truth" if hit.video_id == truth else ""
             print(f"   {rank}. {hit.video_id:20} {hit.score:.4f}  {by_id[hit.video_id].captions[0]}{mark}")
     report = workdir / "report.html"
-    report.write_text(render_report(examples, by_id, config, served, in_process))
+    plots = [os.path.relpath(p, workdir.resolve()) for p in sorted(BENCH_DIR.glob("*.png"))]
+    report.write_text(render_report(examples, by_id, config, served, in_process, plots))
     print(f"\nwrote {report}")
 
 
@@ -145,8 +149,9 @@ def thumbnail(item: VideoItem, config: ProstConfig, frame: int, size: int = 96) 
 
 
 def render_report(examples: list, by_id: dict[str, VideoItem], config: ProstConfig, served: dict,
-                  in_process: dict) -> str:
-    """A self-contained HTML page: each example query, its top 5 with the matched frame of each result."""
+                  in_process: dict, plots: list[str]) -> str:
+    """An HTML page: each example query, its top 5 with the matched frame of each result, then the speed plots of
+    `make bench` (paths relative to the page) when they exist."""
     sections = []
     for caption, truth, results in examples:
         cards = []
@@ -160,6 +165,9 @@ def render_report(examples: list, by_id: dict[str, VideoItem], config: ProstConf
                 "</div>"
             )
         sections.append(f"<h2>&ldquo;{html.escape(caption)}&rdquo;</h2><div class=row>{''.join(cards)}</div>")
+    speed = ("<h2>Speed (<code>make bench</code>, bench/report.md)</h2>"
+             + "".join(f'<a href="{html.escape(p)}"><img src="{html.escape(p)}" width="640"></a>' for p in plots)
+             if plots else "")
     style = ("body{font-family:sans-serif;margin:24px;background:#fafafa}.row{display:flex;gap:12px}"
              ".card{width:170px;padding:8px;border:2px solid #ddd;border-radius:6px;background:#fff;font-size:12px}"
              ".truth{border-color:#2a2}.cap{color:#555;margin-top:4px}img{image-rendering:pixelated}")
@@ -167,7 +175,7 @@ def render_report(examples: list, by_id: dict[str, VideoItem], config: ProstConf
             f"<body><h1>ProST text-to-video search (Triton, cpu variant)</h1>"
             f"<p>Test split t2v: served R@1 {served['R@1']:.1f} / R@5 {served['R@5']:.1f}; in-process R@1 "
             f"{in_process['R@1']:.1f} / R@5 {in_process['R@5']:.1f}. Green: the ground-truth video. Each thumbnail is "
-            f"the sampled frame that most phrase prototypes matched best.</p>{''.join(sections)}</body></html>")
+            f"the sampled frame that most phrase prototypes matched best.</p>{''.join(sections)}{speed}</body></html>")
 
 
 def _finished(run_dir: Path) -> bool:

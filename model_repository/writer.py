@@ -85,7 +85,8 @@ class RepositoryOptions:
     max_batch_size: int = _option(32, 'texts per batch: tokenizer, text encoder, gallery, text ensembles')
     max_video_batch_size: int = _option(8, 'videos per batch: decoder, video encoder, prost_encode_video')
     instances: int = _option(1, 'instances of each compute model (the gallery always has one: it holds the gallery)')
-    queue_delay_us: int = _option(500, 'dynamic batcher delay')
+    queue_delay_us: int = _option(0, 'dynamic batcher delay (0: requests that queued while an instance was busy '
+                                     'still run as one batch; measured in README: Benchmark)')
     fp16: bool = _option(False, 'onnxruntime variant: TensorRT accelerator precision')
     trt_cache_dir: str = _option("/tmp/prost-trt-cache", 'onnxruntime variant: engine and timing cache on the server')
     intra_op_threads: int = _option(0, 'ONNX Runtime threads in python models (0 = ORT default)')
@@ -215,7 +216,9 @@ def build_models(export_dir: Path, manifest: dict, config: ProstConfig, options:
 
 
 def _batching(config: mc.ModelConfig, options: RepositoryOptions) -> None:
-    """Dynamic batching with a short delay; no preferred_batch_size (serving.md: for multi-profile engines only)."""
+    """Dynamic batching, by default without a delay; no preferred_batch_size (serving.md: for multi-profile engines
+    only)."""
+    config.dynamic_batching.SetInParent()  # present even when every field keeps its default
     config.dynamic_batching.max_queue_delay_microseconds = options.queue_delay_us
 
 

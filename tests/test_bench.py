@@ -13,13 +13,13 @@ ROOT = Path(__file__).parents[1]
 def test_search_benchmark_agrees_with_in_process_search(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "search.py"), "--videos", "64", "--queries", "8",
-                             "--batch", "4", "--concurrency", "2", "--out", str(out)],
+                             "--batch", "4", "--concurrency", "1,2", "--seconds", "1", "--out", str(out)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert figures["top1_agreement"] >= 0.75  # random scores can nearly tie; a broken path agrees on ~1 in 64
     for side in ("in_process", "served"):
-        assert set(figures[side]) == {"p50_ms", "p95_ms", "batched_qps", "concurrent_qps"}
+        assert set(figures[side]) == {"p50_ms", "p99_ms", "batched_qps", "qps_at_1", "qps_at_2"}
         assert all(value > 0 for value in figures[side].values())
     assert "served/in-process" in result.stdout
 
@@ -38,3 +38,23 @@ def test_scale_benchmark_smoke_writes_its_table_and_plot(tmp_path):
     assert any("t2v_r1_exact" in r for r in rows)
     assert (out / "recall_latency.png").stat().st_size > 10_000
     assert "| tiny | 300 |" in (out / "report.md").read_text()
+
+
+def test_make_bench_smoke_writes_report_targets_and_plots(tmp_path):
+    """bench/report.py --smoke: every section at its smallest size, the targets judged, three plots."""
+    out = tmp_path / "bench"
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "report.py"), "--smoke", "--runs", "2", "--out",
+                             str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert all(report["limits"]["gemm_gflops"][d] > 0 for d in ("fp32", "int8"))
+    assert {r["backend"] for r in report["encoders"]} == {"pytorch eager fp32", "onnxruntime fp32", "onnxruntime int8"}
+    assert all(r["int8_min_cosine"] >= 0.99 for r in report["encoders"] if r["backend"] == "onnxruntime int8")
+    methods = {r["method"] for r in report["similarity"]}
+    assert len(methods) == 4 and all(r["pairs_per_s"] > 0 for r in report["similarity"])
+    assert {t["target"].split(",")[0] for t in report["targets"]} >= {"served single-query p50 <= 1.2x in-process"}
+    assert all(isinstance(t["met"], bool) and t["runs"] == 2 for t in report["targets"])
+    assert len(report["runs"]) == 2
+    for name in ("similarity.png", "encoders.png", "serving.png"):
+        assert (out / name).stat().st_size > 10_000
+    assert "| target | median | range | bound | met |" in (out / "report.md").read_text()

@@ -97,7 +97,7 @@ def test_every_variant_parses_against_triton_schema(variant, onnx_dir, export_wi
         assert accel.parameters["trt_profile_max_shapes"] == f"{P.TOKEN_IDS}:16x{config.max_words}"
         assert accel.parameters["trt_engine_cache_enable"] == "1"
     # serving.md: preferred_batch_size only for engines with several profiles; ours have one
-    assert text.dynamic_batching.max_queue_delay_microseconds == 500
+    assert text.HasField("dynamic_batching") and text.dynamic_batching.max_queue_delay_microseconds == 0
     assert not text.dynamic_batching.preferred_batch_size
     similarity = configs[P.SIMILARITY_MODEL]
     beta = next(i for i in similarity.input if i.name == P.BETA)
