@@ -8,9 +8,7 @@ plain fp16), with precision constraints obeyed.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +22,10 @@ from prost_export.graphs import example_inputs
 from prost_export.manifest import MANIFEST, read_manifest
 from prost_export.parity import ParityReport, check_backend_retrieval, compare, onnx_session, run_onnx
 from prost_export.specs import GraphSpec, arch_tag, graph_specs
+from prost_export.trt_build import PRECISIONS, build_plan, tensorrt_module, timing_cache_name
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16")
 FP16_MIN_COSINE = 0.99
 FP16_RECALL_POINTS = 0.5  # R@1/5/10 may move by at most this many points in fp16
 FP16_SCORE_ATOL = 1e-2  # similarity scores (cosine sums) in fp16
@@ -38,13 +36,7 @@ FP16_STRESS_SCALE = 8.0
 
 def require_tensorrt():
     """The tensorrt module, after checking that a CUDA GPU is visible; DependencyError otherwise."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise DependencyError(
-            "TensorRT is not installed: run on a GPU host with `pip install 'prost-serve[gpu]'` "
-            "(the CPU install serves the ONNX graphs with ONNX Runtime instead)"
-        ) from exc
+    trt = tensorrt_module()
     if not torch.cuda.is_available():
         raise DependencyError("no CUDA GPU is visible: TensorRT engines must be built on the GPU that serves them")
     return trt
@@ -76,138 +68,21 @@ def plan_name(spec: GraphSpec, compute_capability: str) -> str:
     return f"{spec.name}.{arch_tag(compute_capability)}.plan"
 
 
-def timing_cache_name(compute_capability: str, tensorrt_version: str, cuda_version: str) -> str:
-    """`timing.sm<cc>.trt<version>.cuda<version>.cache`: timings hold for one GPU architecture, TensorRT and CUDA."""
-    return f"timing.{arch_tag(compute_capability)}.trt{tensorrt_version}.cuda{cuda_version}.cache"
-
-
-def load_timing_cache(config, path: Path | None):
-    """A timing cache for `config` (a TensorRT IBuilderConfig) from `path`, set on it; a file that does not
-    deserialise, or that another TensorRT or GPU made, is discarded with a warning and the build starts empty."""
-    data = path.read_bytes() if path is not None and path.is_file() else b""
-    try:
-        cache = config.create_timing_cache(data)
-    except Exception as exc:  # noqa: BLE001 - TensorRT raises or returns None for a corrupt cache
-        log.debug("create_timing_cache: %s", exc)
-        cache = None
-    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-        log.warning("timing cache %s is damaged or was made by another TensorRT or GPU; building without it", path)
-        cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-    return cache
-
-
-def fp16_pinned_layers(engine_information: str, pinned: set[str]) -> list[str]:
-    """Engine layers that compute a layer pinned to fp32 yet output fp16, from the inspector's JSON
-    (`get_engine_information(LayerInformationFormat.JSON)` of an engine built with DETAILED profiling verbosity).
-
-    A fused layer is named after the network layers it holds, joined by " + "; a Myelin region
-    ("{ForeignNode[first...last]}") lists only its first and last, so a pin inside a region is checked only when
-    it is one of those two."""
-    try:
-        layers = json.loads(engine_information)["Layers"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ExportError(f"cannot read the engine inspector's layer information ({exc}); was the engine built "
-                          f"with ProfilingVerbosity.DETAILED?") from None
-    found = []
-    for layer in layers:
-        if not isinstance(layer, dict):  # LAYER_NAMES_ONLY gives bare names: nothing to check
-            raise ExportError("the engine inspector gave layer names only; build with ProfilingVerbosity.DETAILED")
-        name = str(layer.get("Name", ""))
-        parts = {p.strip() for p in name.removeprefix("{ForeignNode[").removesuffix("]}").replace("...", " + ")
-                 .split(" + ")}
-        if parts & pinned and any(_is_fp16(out.get("Format/Datatype", "")) for out in layer.get("Outputs", [])):
-            found.append(name)
-    return found
-
-
-def _is_fp16(datatype: str) -> bool:
-    return "FP16" in datatype or "Half" in datatype
-
-
 def _shape(spec_shape: tuple, batch: int) -> tuple[int, ...]:
     return tuple(batch if isinstance(d, str) else d for d in spec_shape)
 
 
 def build_engine(onnx_path: Path, spec: GraphSpec, plan_path: Path, *, precision: str = "fp32",
                  profile: Profile = Profile(), timing_cache: Path | None = None, workspace_gib: float = 4.0) -> dict:
-    """Parse one ONNX graph, build and write a serialized engine; returns its metadata for the manifest."""
-    if precision not in PRECISIONS:
-        raise ExportError(f"precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    trt = require_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ExportError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    optimization = builder.create_optimization_profile()
-    for tensor in spec.inputs:
-        optimization.set_shape(tensor.name, _shape(tensor.shape, profile.min), _shape(tensor.shape, profile.opt),
-                               _shape(tensor.shape, profile.max))
-    config.add_optimization_profile(optimization)
-    pinned: set[str] = set()
-    if precision == "fp16":
-        if not hasattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS"):  # weak typing: deprecated 10.12, gone in 11
-            raise ExportError(f"TensorRT {trt.__version__} has no weakly typed fp16 build (removed in TensorRT 11), "
-                              f"which this exporter uses; install the pinned 10.x (`pip install 'prost-serve[gpu]'`) "
-                              f"or build with --precision fp32")
-        config.set_flag(trt.BuilderFlag.FP16)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        pinned = _keep_fp32(network, trt)
-        log.info("%s: %d normalisation/softmax/reduce layers kept in fp32", onnx_path.name, len(pinned))
-        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # the inspector check below needs it
-    load_timing_cache(config, timing_cache)
-    started = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise ExportError(f"TensorRT failed to build an engine for {onnx_path.name} (see the log above)")
-    if pinned:
-        engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
-        info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
-        dropped = fp16_pinned_layers(info, pinned)
-        if dropped:
-            raise ExportError(f"{onnx_path.name}: layers pinned to fp32 run in fp16 despite "
-                              f"OBEY_PRECISION_CONSTRAINTS: {'; '.join(dropped[:5])}; build with --precision fp32")
-    plan_path.write_bytes(bytes(serialized))
-    if timing_cache:
-        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
-    return {**gpu_identity(), "file": plan_path.name, "sha256": sha256_file(plan_path), "onnx_sha256": sha256_file(onnx_path),
-            "precision": precision, "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max},
-            "build_seconds": round(time.perf_counter() - started, 1)}
-
-
-def _keep_fp32(network, trt) -> set[str]:
-    """Pin LayerNorm, softmax and reductions to fp32 under OBEY_PRECISION_CONSTRAINTS, with the element-wise and
-    unary layers around each reduction: the L2 norm parses as square -> reduce -> sqrt, and the unnormalised SPG
-    prototypes (sums over all tokens) overflow fp16 when squared."""
-    anchors = {trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE}
-    neighbours = {trt.LayerType.ELEMENTWISE, trt.LayerType.UNARY}
-    layers = [network.get_layer(i) for i in range(network.num_layers)]
-    producer = {layer.get_output(j).name: layer for layer in layers for j in range(layer.num_outputs)}
-    consumers: dict[str, list] = {}
-    for layer in layers:
-        for j in range(layer.num_inputs):
-            if layer.get_input(j) is not None:
-                consumers.setdefault(layer.get_input(j).name, []).append(layer)
-    pinned = {}
-    for layer in layers:
-        if layer.type not in anchors:
-            continue
-        pinned[layer.name] = layer
-        if layer.type == trt.LayerType.REDUCE:
-            around = [producer.get(layer.get_input(j).name) for j in range(layer.num_inputs)]
-            around += [c for j in range(layer.num_outputs) for c in consumers.get(layer.get_output(j).name, [])]
-            pinned.update({n.name: n for n in around if n is not None and n.type in neighbours})
-    for layer in pinned.values():
-        layer.precision = trt.float32
-        for j in range(layer.num_outputs):
-            if layer.get_output(j).dtype in (trt.float32, trt.float16):
-                layer.set_output_type(j, trt.float32)
-    return set(pinned)
+    """Build one graph's plan (prost_export.trt_build) with `profile` on its dynamic dimensions; returns its metadata
+    for the manifest."""
+    shapes = {t.name: (_shape(t.shape, profile.min), _shape(t.shape, profile.opt), _shape(t.shape, profile.max))
+              for t in spec.inputs}
+    seconds = build_plan(onnx_path, plan_path, shapes, precision=precision, timing_cache=timing_cache,
+                         workspace_gib=workspace_gib)
+    return {**gpu_identity(), "file": plan_path.name, "sha256": sha256_file(plan_path),
+            "onnx_sha256": sha256_file(onnx_path), "precision": precision,
+            "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max}, "build_seconds": seconds}
 
 
 def check_engine_compatible(meta: dict) -> None:

@@ -17,7 +17,8 @@ import prost
 from prost.errors import ExportError
 from prost_export.onnx import export_onnx
 from prost_export.specs import graph_specs
-from prost_export.tensorrt import fp16_pinned_layers, load_timing_cache, plan_name, timing_cache_name
+from prost_export.tensorrt import plan_name
+from prost_export.trt_build import fp16_pinned_layers, load_timing_cache, timing_cache_name
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 HAS_GPU = torch.cuda.is_available()
