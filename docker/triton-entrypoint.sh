@@ -13,6 +13,12 @@ if [ -n "${PROST_INFERENCE_KEY:-}" ]; then
   inference="inference,health:prost-inference-key=${PROST_INFERENCE_KEY}"
   set -- --grpc-restricted-protocol="${inference}" --http-restricted-api="${inference}" "$@"
 fi
-exec tritonserver --model-repository=/models --model-control-mode=explicit --load-model='*' \
+# Build on target: a repository built with `--variant tensorrt --build-on-target` gets its plans now, from the cache
+# volume or built by this image's TensorRT for this GPU; a model whose plan cannot be built serves with ONNX Runtime.
+repository=${PROST_MODEL_REPOSITORY:-/models}  # overridable for the tests
+if ls "$repository"/*/config.tensorrt.pbtxt >/dev/null 2>&1; then
+  python3 -m prost_model_repository.plans --repository "$repository" --cache "${PROST_PLAN_CACHE:-/plans}"
+fi
+exec tritonserver --model-repository="$repository" --model-control-mode=explicit --load-model='*' \
   --cache-config=local,size=268435456 \
   --grpc-restricted-protocol="model-repository:${key}" --http-restricted-api="model-repository:${key}" "$@"

@@ -13,13 +13,16 @@ COPY export export
 COPY client client
 COPY model_repository model_repository
 COPY cli cli
-COPY docker/pip-install-missing.sh docker/triton-entrypoint.sh /usr/local/bin/
+COPY docker/pip-install-missing.sh docker/install-tensorrt-bindings.sh docker/triton-entrypoint.sh /usr/local/bin/
 # The python-backend models (tokenizer, video decode, gallery) import torch-free parts of prost and run ONNX Runtime
 # on the CPU provider (the graphs run in Triton's own backends on the GPU), the gallery FAISS on the CPU; numpy<2 for
 # the python backend's BYTES tensors. torch is deliberately not installed here.
 RUN pip install --no-cache-dir --no-deps . \
     && pip-install-missing.sh "numpy==1.26.4" "onnxruntime==1.32.0" "faiss-cpu==1.15.1" "av==18.1.0" \
        "safetensors==0.8.0" "ftfy==6.3.1" "regex==2026.11.19" "pillow==13.0.0"
+# Build on target: the entrypoint builds TensorRT plans with the image's own TensorRT, cached in /plans (a volume).
+RUN install-tensorrt-bindings.sh && mkdir -p /plans && chown triton-server /plans
+VOLUME /plans
 # The image creates triton-server with no fixed uid, so it is named; hadolint cannot resolve a name (DL3066).
 # hadolint ignore=DL3066
 USER triton-server

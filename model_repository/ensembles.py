@@ -23,10 +23,12 @@ DTYPES = {"float32": mc.TYPE_FP32, "int32": mc.TYPE_INT32, "string": mc.TYPE_STR
 
 @dataclass
 class ModelSpec:
-    """One model directory: its config and the files of a version directory (bytes or source paths)."""
+    """One model directory: its config, the files of a version directory (bytes or source paths), and configs kept
+    beside config.pbtxt for a start script to choose from (build on target)."""
 
     config: mc.ModelConfig
     files: dict[str, Path | bytes] = field(default_factory=dict)
+    alternatives: dict[str, mc.ModelConfig] = field(default_factory=dict)
 
 
 def tensor(name: str, dtype: str, dims: list[int], *, optional: bool = False) -> tuple:

@@ -61,6 +61,7 @@ from prost_model_repository import param_keys as K, storage
 from prost_model_repository.ensembles import DTYPES, ModelSpec, ensembles, model_config, search_results, spec_tensor
 from prost_model_repository.ensembles import tensor
 from prost_model_repository.graph_rewrite import with_float16_inputs
+from prost_model_repository.plans import ONNXRUNTIME_CONFIG, PLAN_FILE, SERVED_PLAN, TENSORRT_CONFIG
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ _GRAPHS = {P.TEXT_MODEL: "text_prototypes", P.VIDEO_MODEL: "video_prototypes", P
 FP16_HELP = ("onnxruntime variant: FP16 TensorRT accelerator. Only LayerNorm is pinned to FP32 "
              "(trt_layer_norm_fp32_fallback); softmax and reductions run in FP16 and the engine, built on the "
              "server, passes no parity gate. Prefer --variant tensorrt with `prost build-engines --precision fp16`, "
-             "which keeps them in FP32 and gates the engines.")
+             "which keeps them in FP32 and gates the engines. tensorrt variant with --build-on-target: fp16 plans "
+             "(LayerNorm, softmax and reductions pinned to FP32, checked by the engine inspector).")
 
 
 def _option(default, help: str):
@@ -87,16 +89,18 @@ class RepositoryOptions:
     instances: int = _option(1, 'instances of each compute model (the gallery always has one: it holds the gallery)')
     queue_delay_us: int = _option(0, 'dynamic batcher delay (0: requests that queued while an instance was busy '
                                      'still run as one batch; measured in README: Benchmark)')
-    fp16: bool = _option(False, 'onnxruntime variant: TensorRT accelerator precision')
+    fp16: bool = _option(False, 'onnxruntime variant, or tensorrt --build-on-target: TensorRT precision')
     trt_cache_dir: str = _option("/tmp/prost-trt-cache", 'onnxruntime variant: engine and timing cache on the server')
     intra_op_threads: int = _option(0, 'ONNX Runtime threads in python models (0 = ORT default)')
     max_top_k: int = _option(1000, 'largest TOP_K a search may ask for')
     max_video_bytes: int = _option(256 << 20, 'larger VIDEO inputs are refused before decoding')
     max_source_frames: int = _option(20000, 'clips listing more frames are refused before decoding')
-    tensorrt_version: str = _option("", "tensorrt variant: the serving Triton's TensorRT version; plans built "
-                                        "with another are refused")
+    tensorrt_version: str = _option("", "tensorrt variant: the serving Triton's TensorRT version (required without "
+                                        "build_on_target); plans built with another are refused; 'any' skips it")
     precision: str = _option("fp32", "cpu variant: the encoders' precision, fp32 or one `prost export --precision` "
                                      "added and gated (int8)")
+    build_on_target: bool = _option(False, "tensorrt variant: ship the ONNX graphs and let the serving image build "
+                                           "the plans at start, with its own TensorRT, for the GPU it finds")
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -110,6 +114,14 @@ class RepositoryOptions:
         if self.precision != "fp32" and self.variant != "cpu":
             raise RepositoryError(f"--precision {self.precision} serves ONNX Runtime's CPU kernels: use --variant cpu "
                                   f"(GPU variants take fp16 through --fp16 or `prost build-engines`)")
+        if self.variant == "tensorrt" and not self.build_on_target and not self.tensorrt_version:
+            raise RepositoryError("a TensorRT plan loads only in the TensorRT version that built it: give the serving "
+                                  "Triton's with --tensorrt-version (in its image: python3 -c 'import tensorrt; "
+                                  "print(tensorrt.__version__)'), or let the image build its plans: --build-on-target "
+                                  "(--tensorrt-version any skips the check)")
+        if self.build_on_target and self.variant != "tensorrt":
+            raise RepositoryError("--build-on-target builds TensorRT plans at the server's start: use it with "
+                                  "--variant tensorrt")
         if self.max_top_k < P.DEFAULT_TOP_K:
             raise RepositoryError(f"max_top_k {self.max_top_k} is below the default TOP_K {P.DEFAULT_TOP_K}: every "
                                   f"search without TOP_K would be refused")
@@ -262,11 +274,38 @@ def _graph_model(name: str, spec: GraphSpec, mbs: int, export_dir: Path, manifes
         model.platform = "tensorrt_plan"
         # the similarity graph's texts and videos dims share the profile: both must fit
         needed = mbs or max(options.max_batch_size, options.max_video_batch_size)
-        files = _plan_files(export_dir, manifest, spec, model, needed, options.tensorrt_version)
+        if options.build_on_target:
+            files[PLAN_FILE] = _plan_recipe(spec, manifest["files"][graph_file]["sha256"], needed, options)
+        else:
+            files = _plan_files(export_dir, manifest, spec, model, needed, options.tensorrt_version)
     if mbs:
         _batching(model, options)
     _warmup(model, spec, mbs)
+    if options.build_on_target:
+        return ModelSpec(model, files, {TENSORRT_CONFIG: model, ONNXRUNTIME_CONFIG: _onnxruntime_fallback(model)})
     return ModelSpec(model, files)
+
+
+def _plan_recipe(spec: GraphSpec, onnx_sha256: str, needed: int, options: RepositoryOptions) -> bytes:
+    """PLAN_FILE: what the serving image builds at start (prost_model_repository.plans): the graph, its ONNX
+    sha256, the precision and one profile per input, from batch 1 (Triton's single requests and warmup) to `needed`."""
+    batches = (1, min(8, needed), needed)
+    shapes = {t.name: [[b if isinstance(d, str) else int(d) for d in t.shape] for b in batches] for t in spec.inputs}
+    precision = "fp16" if options.fp16 else "fp32"
+    return json.dumps({"graph": spec.name, "onnx_sha256": onnx_sha256, "precision": precision, "shapes": shapes},
+                      indent=2).encode()
+
+
+def _onnxruntime_fallback(model: mc.ModelConfig) -> mc.ModelConfig:
+    """The same model on Triton's ONNX Runtime backend, on a GPU when there is one (the config a failed plan build
+    falls back to)."""
+    fallback = mc.ModelConfig()
+    fallback.CopyFrom(model)
+    fallback.ClearField("platform")
+    fallback.backend = "onnxruntime"
+    for group in fallback.instance_group:
+        group.kind = mc.ModelInstanceGroup.KIND_AUTO
+    return fallback
 
 
 def _trt_accelerator(model: mc.ModelConfig, spec: GraphSpec, options: RepositoryOptions, opt: int, texts: int,
@@ -345,7 +384,7 @@ def _plan_files(export_dir: Path, manifest: dict, spec: GraphSpec, model: mc.Mod
                                   f"{path.name}; remove one from the manifest")
         if not path.is_file() or sha256_file(path) != entry["sha256"]:
             raise RepositoryError(f"{path} is missing or does not match its sha256 in the manifest; {rebuild}")
-        if tensorrt_version and entry["tensorrt"] != tensorrt_version:
+        if tensorrt_version != "any" and entry["tensorrt"] != tensorrt_version:
             raise RepositoryError(f"{path.name} was built with TensorRT {entry['tensorrt']}, but the serving Triton "
                                   f"has {tensorrt_version} (--tensorrt-version), and plans do not load across "
                                   f"versions; build the engines with TensorRT {tensorrt_version}")
@@ -443,19 +482,23 @@ def _write_model(model_dir: Path, spec: ModelSpec) -> int | None:
     """Write a new version when the config or the files differ from the latest version; returns it, or None.
 
     The caller holds the model's lock."""
-    text = text_format.MessageToString(spec.config)
-    text_format.Parse(text, mc.ModelConfig())  # the written text parses against Triton's schema
+    configs = {name: text_format.MessageToString(c) for name, c in {"config.pbtxt": spec.config,
+                                                                     **spec.alternatives}.items()}
+    for text in configs.values():
+        text_format.Parse(text, mc.ModelConfig())  # the written text parses against Triton's schema
     files = {name: src if isinstance(src, bytes) else Path(src) for name, src in spec.files.items()}
     existing = G.versions(model_dir)
-    config_path = model_dir / "config.pbtxt"
-    if existing and config_path.is_file() and config_path.read_text() == text:
+    # build on target: the start script picks config.pbtxt among the alternatives and adds the plan it built
+    current = spec.alternatives or {"config.pbtxt": None}
+    if existing and all((model_dir / n).is_file() and (model_dir / n).read_text() == configs[n] for n in current):
         latest = model_dir / str(existing[-1])
         present = sorted(p.relative_to(latest).as_posix() for p in latest.rglob("*")
-                         if p.is_file() and "__pycache__" not in p.parts)
+                         if p.is_file() and "__pycache__" not in p.parts and p.name != SERVED_PLAN)
         if present == sorted(files) and all(_same(latest / n, src) for n, src in files.items()):
             return None
     version = storage.write_version(model_dir, files, locked=True)
-    write_atomic(config_path, text)
+    for name, text in configs.items():
+        write_atomic(model_dir / name, text)
     return version
 
 
@@ -476,13 +519,16 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                             "backend with the TensorRT accelerator, GPU), tensorrt (plans from `prost build-engines`)")
     defaults = RepositoryOptions()
     for option in fields(RepositoryOptions):
-        if option.name not in ("variant", "fp16", "tensorrt_version"):
+        if option.name not in ("variant", "fp16", "tensorrt_version", "build_on_target"):
             value = getattr(defaults, option.name)
             build.add_argument(f"--{option.name.replace('_', '-')}", dest=option.name, type=type(value),
                                default=value, help=option.metadata["help"])
     build.add_argument("--fp16", action="store_true", help=FP16_HELP)
-    build.add_argument("--tensorrt-version", default="", help="tensorrt variant: the serving Triton's TensorRT version "
-                       "(e.g. 10.16.1.11); plans built with another are refused (default: not checked)")
+    build.add_argument("--build-on-target", action="store_true", help=RepositoryOptions.__dataclass_fields__[
+        "build_on_target"].metadata["help"])
+    build.add_argument("--tensorrt-version", default="", help="tensorrt variant without --build-on-target (required): "
+                       "the serving Triton's TensorRT version (e.g. 10.13.3.9); plans built with another are refused; "
+                       "'any' skips the check")
     build.set_defaults(func=_build_cmd)
 
 

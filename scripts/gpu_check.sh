@@ -18,7 +18,9 @@ trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 "$PY" -m prost_cli.main build-engines --export "$work/export" --precision fp16 --data "$work/synth"
 "$PY" bench/gpu_check.py --precision fp16 --batch 8
 if "$PY" scripts/gpu_preflight.py --triton; then
-  "$PY" -m prost_cli.main repository build --export "$work/export" --out "$work/repo" --variant tensorrt
+  # the TensorRT importable here is the serving image's (its bindings match the image's libnvinfer)
+  "$PY" -m prost_cli.main repository build --export "$work/export" --out "$work/repo" --variant tensorrt \
+    --tensorrt-version "$("$PY" -c 'import tensorrt; print(tensorrt.__version__)')"
   "$PY" -m prost_cli.main serve --repository "$work/repo" --grpc-port 18001 --http-port 18000 --metrics-port 18002 &
   server=$!
   for _ in $(seq 120); do "$BIN/prost-client" --url 127.0.0.1:18001 search "a red circle" --top-k 3 && break; sleep 2; done

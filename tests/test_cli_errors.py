@@ -116,7 +116,9 @@ def test_wrong_folders_are_refused(tmp_path, onnx_dir, a_file):
     fails(PROST + ["repository", "build", "--export", str(onnx_dir), "--out", str(busy)], "not empty")
     assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
     fails(PROST + ["repository", "build", "--export", str(onnx_dir), "--out", str(tmp_path / "trt"), "--variant",
-                   "tensorrt"], "no TensorRT plan")
+                   "tensorrt"], "loads only in the TensorRT version that built it", "--build-on-target")
+    fails(PROST + ["repository", "build", "--export", str(onnx_dir), "--out", str(tmp_path / "trt"), "--variant",
+                   "tensorrt", "--tensorrt-version", "any"], "no TensorRT plan")
     assert not (tmp_path / "trt").exists()
     manifest = (onnx_dir / "manifest.json").read_text()
     fails(PROST + ["repository", "build", "--export", str(onnx_dir), "--out", str(onnx_dir)], "is an export directory")

@@ -103,9 +103,54 @@ def test_images_copy_every_package_and_respect_the_base_images_pins(dockerfile):
 
 
 def test_the_serving_image_installs_no_gpu_package_that_nothing_uses():
-    """Its python models run ONNX Runtime on the CPU provider; the graphs run in Triton's own GPU backends."""
-    pinned = _pins((ROOT / "docker" / "triton.Dockerfile").read_text())
+    """Its python models run ONNX Runtime on the CPU provider; the graphs run in Triton's own GPU backends. The only
+    GPU package is TensorRT's bindings, which build on target uses, installed to match the image's own TensorRT."""
+    text = (ROOT / "docker" / "triton.Dockerfile").read_text()
+    pinned = _pins(text)
     assert "onnxruntime" in pinned and not {"onnxruntime-gpu", "tensorrt", "torch"} & set(pinned)
+    assert "install-tensorrt-bindings.sh" in text
+
+
+def _fake(folder: Path, name: str, script: str) -> None:
+    (folder / name).write_text("#!/bin/sh\n" + script)
+    (folder / name).chmod(0o755)
+
+
+def test_tensorrt_bindings_match_the_images_libnvinfer_without_a_second_copy(tmp_path):
+    _fake(tmp_path, "pip", 'echo "PIP_NO_DEPS=${PIP_NO_DEPS:-}"; for a in "$@"; do echo "$a"; done\n')
+    (tmp_path / "pip-install-missing.sh").write_text((ROOT / "docker" / "pip-install-missing.sh").read_text())
+    (tmp_path / "pip-install-missing.sh").chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "PIP_CONSTRAINT_FILE": str(tmp_path / "none.txt"),
+           "CUDA_VERSION": "13.0.2.006"}
+    script = ["sh", str(ROOT / "docker" / "install-tensorrt-bindings.sh")]
+    _fake(tmp_path, "dpkg-query", 'echo "10.13.3.9-1+cuda13.0"\n')
+    result = subprocess.run(script, env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["PIP_NO_DEPS=1", "install", "--no-cache-dir", "tensorrt-cu13==10.13.3.9",
+                                          "tensorrt-cu13-bindings==10.13.3.9"]
+    _fake(tmp_path, "dpkg-query", "exit 1\n")  # no libnvinfer10 package: say so, install nothing
+    result = subprocess.run(script, env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and result.stdout == "" and "cannot tell this image's TensorRT" in result.stderr
+
+
+def test_the_serving_image_builds_plans_before_triton_starts(onnx_dir, tmp_path):
+    """A build-on-target repository: the entrypoint prepares its plans (here, without TensorRT or a GPU, each model
+    falls back to ONNX Runtime, saying why), then starts Triton on it."""
+    from prost_model_repository.plans import ONNXRUNTIME_CONFIG
+    from prost_model_repository.writer import write_repository
+
+    repository = write_repository(onnx_dir, tmp_path / "repo", "tensorrt", build_on_target=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _fake(bin_dir, "python3", f'exec {sys.executable} "$@"\n')
+    result = _run_entrypoint(bin_dir, {"PROST_REPOSITORY_KEY": "r", "PROST_MODEL_REPOSITORY": str(repository),
+                                       "PROST_PLAN_CACHE": str(tmp_path / "plans")})
+    assert result.returncode == 0, result.stderr
+    assert f"--model-repository={repository}" in result.stdout.splitlines()
+    assert result.stderr.count("serving with ONNX Runtime instead of TensorRT") == 3
+    for model in ("prost_text", "prost_video", "prost_similarity"):
+        chosen = (repository / model / "config.pbtxt").read_text()
+        assert chosen == (repository / model / ONNXRUNTIME_CONFIG).read_text()
 
 
 def test_hadolint_passes_on_both_images():

@@ -67,7 +67,8 @@ def export_with_plans(onnx_dir, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variant_parses_against_triton_schema(variant, onnx_dir, export_with_plans, tmp_path):
     source = export_with_plans if variant == "tensorrt" else onnx_dir
-    repo = write_repository(source, tmp_path / "repo", variant, max_batch_size=16, fp16=True)
+    repo = write_repository(source, tmp_path / "repo", variant, max_batch_size=16, fp16=True,
+                            tensorrt_version="10.16.1.11" if variant == "tensorrt" else "")
     configs = {m: read_config(repo, m) for m in ALL_MODELS}
     assert {p.name for p in repo.iterdir() if p.is_dir()} == ALL_MODELS
     config = prost.ProstConfig.from_dict(json.loads((onnx_dir / "manifest.json").read_text())["config"])
@@ -130,7 +131,7 @@ def _check_ensembles(configs: dict[str, mc.ModelConfig]) -> None:
 
 def test_tensorrt_variant_needs_engines(onnx_dir, tmp_path):
     with pytest.raises(RepositoryError, match=r"no TensorRT plan .*prost build-engines --export"):
-        write_repository(onnx_dir, tmp_path / "repo", "tensorrt")
+        write_repository(onnx_dir, tmp_path / "repo", "tensorrt", tensorrt_version="any")
 
 
 def copy_export(source: Path, target: Path, **config_changes) -> Path:
@@ -147,11 +148,13 @@ def test_tensorrt_batch_must_fit_every_engine_profile(onnx_dir, tmp_path):
     add_engines(export, "9.0", max_batch=32, opt=8)
     add_engines(export, "8.9", max_batch=8, opt=4)
     with pytest.raises(RepositoryError, match=r"profile max 8 of text_prototypes\.sm89\.plan"):
-        write_repository(export, tmp_path / "big", "tensorrt", max_batch_size=32)
-    repo = write_repository(export, tmp_path / "ok", "tensorrt", max_batch_size=8, max_video_batch_size=8)
+        write_repository(export, tmp_path / "big", "tensorrt", tensorrt_version="any", max_batch_size=32)
+    repo = write_repository(export, tmp_path / "ok", "tensorrt", tensorrt_version="any", max_batch_size=8,
+                            max_video_batch_size=8)
     assert read_config(repo, P.TEXT_MODEL).max_batch_size == 8
     with pytest.raises(RepositoryError, match="batches of 16"):  # similarity: texts and videos share the profile
-        write_repository(export, tmp_path / "video", "tensorrt", max_batch_size=8, max_video_batch_size=16)
+        write_repository(export, tmp_path / "video", "tensorrt", tensorrt_version="any", max_batch_size=8,
+                         max_video_batch_size=16)
 
 
 def test_stale_or_changed_tensorrt_plans_are_refused(export_with_plans, tmp_path):
@@ -160,11 +163,11 @@ def test_stale_or_changed_tensorrt_plans_are_refused(export_with_plans, tmp_path
     manifest["engines"]["video_prototypes.sm86.plan"]["onnx_sha256"] = "0" * 64  # built from an older export
     (export / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RepositoryError, match=r"video_prototypes\.sm86\.plan .*onnx_sha256 differs.*build-engines"):
-        write_repository(export, tmp_path / "repo", "tensorrt")
+        write_repository(export, tmp_path / "repo", "tensorrt", tensorrt_version="any")
     export = copy_export(export_with_plans, tmp_path / "changed")
     (export / "similarity.sm90.plan").write_bytes(b"another engine")
     with pytest.raises(RepositoryError, match=r"similarity\.sm90\.plan is missing or does not match its sha256"):
-        write_repository(export, tmp_path / "repo2", "tensorrt")
+        write_repository(export, tmp_path / "repo2", "tensorrt", tensorrt_version="any")
 
 
 def test_video_decode_samples_like_training_and_bounds_its_inputs(onnx_dir, tmp_path):
@@ -401,7 +404,7 @@ def test_tensorrt_plans_must_match_the_serving_tensorrt_and_take_batch_1(onnx_di
             / P.TEXT_MODEL / "1" / "model.sm90.plan").is_file()
     add_engines(export, "9.0", min_batch=2)
     with pytest.raises(RepositoryError, match="profile min 2, but Triton sends batches of 1"):
-        write_repository(export, tmp_path / "min", "tensorrt")
+        write_repository(export, tmp_path / "min", "tensorrt", tensorrt_version="any")
 
 
 def test_max_top_k_below_the_default_top_k_is_refused(onnx_dir, tmp_path):
