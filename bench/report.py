@@ -49,8 +49,8 @@ def targets(report: dict) -> list[dict]:
     for batch in sorted({r["batch"] for r in video}):
         best = max((r for r in video if r["batch"] == batch and r["backend"] != "pytorch eager fp32"),
                    key=lambda r: r["speedup_vs_eager"])
-        rows.append({"target": f"vit-b-32 video encoder, batch {batch}: best CPU backend >= 2x PyTorch eager fp32 "
-                               f"({best['backend']})", "value": best["speedup_vs_eager"], "bound": 2.0})
+        rows.append({"target": f"vit-b-32 video encoder, batch {batch}: best CPU backend >= 2x PyTorch eager fp32",
+                     "value": best["speedup_vs_eager"], "bound": 2.0, "backend": best["backend"]})
     for row in report["similarity"]:
         if row["method"].startswith("official"):
             continue
@@ -130,8 +130,9 @@ def markdown(report: dict, images: list[str]) -> str:
              f"{report['minutes']} min, {len(report['runs'])} runs. Every ratio is against a reference measured in "
              f"the same run; targets are judged on the median over the runs, the tables below are the last run's.",
              "", "## Targets", "", "| target | median | range | bound | met |", "|---|---|---|---|---|"]
-    lines += [f"| {t['target']} | {t['value']:.2f} | {t['range'][0]:.2f}-{t['range'][1]:.2f} | {t['bound']} | "
-              f"{'yes' if t['met'] else '**no**'} |" for t in report["targets"]]
+    lines += [f"| {t['target']}{' (' + t['backend'] + ', last run)' if 'backend' in t else ''} | {t['value']:.2f} | "
+              f"{t['range'][0]:.2f}-{t['range'][1]:.2f} | {t['bound']} | {'yes' if t['met'] else '**no**'} |"
+              for t in report["targets"]]
     lines += ["", "## Machine limits", "", "| | fp32 | bf16 | int8 |", "|---|---|---|---|"]
     dtypes = ("fp32", "bf16", "int8")
     for library, rates in lim["gemm_gflops_by_library"].items():

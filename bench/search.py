@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ from prost_model_repository.writer import RepositoryOptions, write_repository
 from prost_model_repository.server import TritonServer, free_ports
 
 sys.path.insert(0, str(Path(__file__).parent))
-from loadgen import closed_loop  # noqa: E402
+from loadgen import LoadResult, closed_loop  # noqa: E402
 
 TOP_K = 10
 
@@ -97,14 +98,20 @@ def summary(seconds: list[float]) -> dict[str, float]:
 
 
 def concurrent_rate(search: Search, texts: list[str], callers: int, seconds: float) -> float:
-    """Queries per second from `callers` closed-loop callers (one text per call, each call in a worker thread) for
+    """Queries per second from `callers` closed-loop callers (one text per call, each in its own thread) for
     at most `seconds` or `len(texts)` calls; torch's threads are shared between the callers meanwhile, as a tuned
     in-process server would share them (each caller taking all of them would oversubscribe the cores)."""
     default = torch.get_num_threads()
     torch.set_num_threads(max(1, default // callers))
+
+    async def load() -> LoadResult:
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(callers) as pool:  # one thread per caller (asyncio's default pool has min(32, CPUs+4))
+            return await closed_loop(lambda i: loop.run_in_executor(pool, search, [texts[i]]), callers, seconds,
+                                     max_requests=len(texts))
+
     try:
-        result = asyncio.run(closed_loop(lambda i: asyncio.to_thread(search, [texts[i]]), callers, seconds,
-                                         max_requests=len(texts)))
+        result = asyncio.run(load())
     finally:
         torch.set_num_threads(default)
     if result.failed:

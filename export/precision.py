@@ -132,6 +132,8 @@ def export_precision(export_dir: str | Path, precision: str, data_dir: Path | No
         if problem:
             log.warning("%s", problem)
             return None
+        raise ExportError("this ONNX Runtime runs bf16 graphs, but this exporter writes int8 graphs only; use "
+                          "--precision int8")
     config = ProstConfig.from_dict(manifest["config"])
     specs = graph_specs(config)
     files = {}
@@ -140,7 +142,15 @@ def export_precision(export_dir: str | Path, precision: str, data_dir: Path | No
         log.info("quantising %s to %s", specs[name].onnx_file, target.name)
         quantize_int8(export_dir / specs[name].onnx_file, target)
         files[name] = target.name
-    gate = check_precision(export_dir, config, precision, data_dir, split, max_videos)
+    try:
+        gate = check_precision(export_dir, config, precision, data_dir, split, max_videos)
+    except Exception:
+        for name in files.values():  # nothing ungated stays, nor a manifest entry of an earlier gate for it
+            (export_dir / name).unlink(missing_ok=True)
+            manifest["files"].pop(name, None)
+        manifest.get("precisions", {}).pop(precision, None)
+        write_json_atomic(export_dir / MANIFEST, manifest)
+        raise
     manifest.setdefault("precisions", {})[precision] = {"graphs": files, "gate": gate}
     for name in files.values():
         path = export_dir / name

@@ -11,6 +11,8 @@ import json
 import logging
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from prost.errors import DependencyError, ExportError
 from prost_export.specs import arch_tag
@@ -21,7 +23,7 @@ PRECISIONS = ("fp32", "fp16")
 Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]  # input -> (min, opt, max)
 
 
-def tensorrt_module():
+def tensorrt_module() -> ModuleType:
     """The tensorrt module; DependencyError naming the fix when it is not installed."""
     try:
         import tensorrt as trt
@@ -38,7 +40,7 @@ def timing_cache_name(compute_capability: str, tensorrt_version: str, cuda_versi
     return f"timing.{arch_tag(compute_capability)}.trt{tensorrt_version}.cuda{cuda_version}.cache"
 
 
-def load_timing_cache(config, path: Path | None):
+def load_timing_cache(config: Any, path: Path | None) -> Any:
     """A timing cache for `config` (a TensorRT IBuilderConfig) from `path`, set on it; a file that does not
     deserialise, or that another TensorRT or GPU made, is discarded with a warning and the build starts empty."""
     data = path.read_bytes() if path is not None and path.is_file() else b""
@@ -120,6 +122,8 @@ def build_plan(onnx_path: Path, plan_path: Path, shapes: Shapes, *, precision: s
         raise ExportError(f"TensorRT failed to build an engine for {onnx_path.name} (see the log above)")
     if pinned:
         engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
+        if engine is None:
+            raise ExportError(f"TensorRT cannot deserialize the engine it built for {onnx_path.name}")
         info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
         dropped = fp16_pinned_layers(info, pinned)
         if dropped:
@@ -131,7 +135,7 @@ def build_plan(onnx_path: Path, plan_path: Path, shapes: Shapes, *, precision: s
     return round(time.perf_counter() - started, 1)
 
 
-def _keep_fp32(network, trt) -> set[str]:
+def _keep_fp32(network: Any, trt: ModuleType) -> set[str]:
     """Pin LayerNorm, softmax and reductions to fp32 under OBEY_PRECISION_CONSTRAINTS, with the element-wise and
     unary layers around each reduction: the L2 norm parses as square -> reduce -> sqrt, and the unnormalised SPG
     prototypes (sums over all tokens) overflow fp16 when squared."""

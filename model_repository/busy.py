@@ -7,6 +7,7 @@ model whose stub died. Without PROST_BUSY_DIR (tritonserver started by other mea
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -25,11 +26,13 @@ def marks_busy(execute: Callable) -> Callable:
     @functools.wraps(execute)
     def marked(self, requests):
         path = Path(directory) / str(os.getpid())
-        path.touch()  # one execute at a time per stub: the mtime is this call's start
+        with contextlib.suppress(OSError):  # best effort: a missing folder or a full disk never fails a request
+            path.touch()  # one execute at a time per stub: the mtime is this call's start
         try:
             return execute(self, requests)
         finally:
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
 
     return marked
 

@@ -4,7 +4,8 @@ it finds (`docker/triton-entrypoint.sh` runs `python3 -m prost_model_repository.
 `prost repository build --variant tensorrt --build-on-target` writes, for each graph model, the ONNX graph and
 PLAN_FILE (graph, ONNX sha256, precision, input shapes) in the version directory instead of a plan, and two configs
 beside config.pbtxt: TENSORRT_CONFIG (platform tensorrt_plan, `model.plan`) and ONNXRUNTIME_CONFIG (the same model on
-Triton's ONNX Runtime backend). At each start, per model:
+Triton's ONNX Runtime backend), which config.pbtxt starts as, so a server started without this step still loads it.
+At each start, per model whose latest version (the one Triton serves) carries a recipe:
   - the plan's key is the ONNX sha256, precision, shapes, TensorRT version and compute capability: a plan under that
     key in the cache folder (a volume) is reused, otherwise it is built there, with the timing cache kept beside it
     (keyed by compute capability, TensorRT and CUDA versions); the plan is then copied in as `model.plan`;
@@ -93,7 +94,7 @@ def prepare_version(version: Path, cache: Path, target: Target, build: Callable 
     outcome = "cached"
     if not cached.is_file():
         shapes = {name: tuple(tuple(s) for s in triple) for name, triple in entry["shapes"].items()}
-        partial = cached.with_suffix(".partial")
+        partial = cached.with_suffix(f".{os.getpid()}.partial")  # containers sharing the volume build apart
         seconds = build(version / "model.onnx", partial, shapes, precision=entry["precision"],
                         timing_cache=cache / timing_cache_name(target.compute_capability, target.tensorrt,
                                                                target.cuda))
@@ -106,29 +107,36 @@ def prepare_version(version: Path, cache: Path, target: Target, build: Callable 
 
 def prepare(repository: Path, cache: Path, detect: Callable[[], Target] = detect_target,
             build: Callable = build_plan) -> dict[str, str]:
-    """Every build-on-target model of `repository`: its plans in place and config.pbtxt its TensorRT config, or its
-    ONNX Runtime config with the reason logged. Returns {model: "built" | "cached" | "onnxruntime: <why>"}."""
-    models = sorted(p.parent for p in Path(repository).glob(f"*/{TENSORRT_CONFIG}"))
+    """Every build-on-target model of `repository` whose latest version carries a plan recipe: its plan in place and
+    config.pbtxt its TensorRT config, or its ONNX Runtime config with the reason logged; nothing here stops the
+    server from starting. Returns {model: "built" | "cached" | "onnxruntime: <why>"}."""
+    models = [p.parent for p in sorted(Path(repository).glob(f"*/{TENSORRT_CONFIG}"))]
+    latest = {m: _latest_version(m) for m in models}
+    models = [m for m in models if latest[m] is not None and (latest[m] / PLAN_FILE).is_file()]
     if not models:
         return {}
-    cache.mkdir(parents=True, exist_ok=True)
     try:
+        cache.mkdir(parents=True, exist_ok=True)
         target = detect()
-    except TargetError as exc:
+    except Exception as exc:  # noqa: BLE001 - TargetError, an unwritable cache, or anything else: serve with ORT
         return {model.name: _fall_back(model, str(exc)) for model in models}
     outcomes = {}
     for model in models:
-        try:
-            results = [prepare_version(v, cache, target, build) for v in sorted(model.iterdir())
-                       if (v / PLAN_FILE).is_file()]
-        except (ProstError, OSError, ValueError, KeyError) as exc:
+        try:  # TensorRT's bindings raise their own types (TypeError, RuntimeError) besides ours
+            outcomes[model.name] = prepare_version(latest[model], cache, target, build)
+        except Exception as exc:  # noqa: BLE001 - one model's failure falls back that model alone
             outcomes[model.name] = _fall_back(model, f"building its plan failed: {exc}")
             continue
         shutil.copyfile(model / TENSORRT_CONFIG, model / "config.pbtxt")
-        outcomes[model.name] = "built" if "built" in results else "cached"
         log.info("%s: TensorRT %s plan for %s (sm %s), %s", model.name, target.tensorrt, target.gpu,
                  target.compute_capability, outcomes[model.name])
     return outcomes
+
+
+def _latest_version(model: Path) -> Path | None:
+    """The highest numbered version directory (the one Triton's default policy serves)."""
+    numbered = [p for p in model.iterdir() if p.is_dir() and p.name.isdigit()]
+    return max(numbered, key=lambda p: int(p.name)) if numbered else None
 
 
 def _fall_back(model: Path, reason: str) -> str:
@@ -147,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prost-plans: {args.repository} is read-only; build-on-target writes each plan and the config it "
               f"chooses there: mount the repository writable", file=sys.stderr)
         return 2
-    prepare(args.repository, args.cache)
+    try:
+        prepare(args.repository, args.cache)
+    except Exception:  # noqa: BLE001 - logged; the models keep the ONNX Runtime configs they were written with
+        log.exception("preparing the plans failed; the models serve with the configs they have")
     return 0  # a model that could not get a plan serves with ONNX Runtime: the server starts either way
 
 

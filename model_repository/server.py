@@ -38,13 +38,14 @@ from pathlib import Path
 
 from prost.errors import RepositoryError
 from prost_client.protocol import INFERENCE_KEY_HEADER, REPOSITORY_KEY_HEADER
-from prost_model_repository import storage
+from prost_model_repository import plans, storage
 from prost_model_repository.busy import BUSY_DIR_ENV
 from prost_model_repository.watchdog import StubWatchdog
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_BYTES = 64 << 20
+DEFAULT_REQUEST_TIMEOUT = 120.0  # prost serve --request-timeout, seconds
 MAX_RESTARTS, RESTART_WINDOW = 5, 600.0  # --restart-on-crash gives up after this many restarts in this many seconds
 _FAILED_LOAD = re.compile(r"failed to load '([^']+)' version (\d+): (.*)")
 # argv: parent pid, then the tritonserver command line. PR_SET_PDEATHSIG (1) survives execv of a non-setuid binary.
@@ -490,9 +491,13 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--stub-watchdog", type=float, default=2.0, metavar="SECONDS",
                         help="how often to look for dead python-backend stubs and reload their models (0: never; "
                              "default 2)")
-    parser.add_argument("--request-timeout", type=float, default=120.0, metavar="SECONDS",
-                        help="a python-backend stub in one request (or stopped) this long is killed and its model "
-                             "reloaded; clients retry its requests (0: no limit; default 120; needs --stub-watchdog)")
+    parser.add_argument("--request-timeout", type=float, metavar="SECONDS",
+                        help=f"a python-backend stub in one call to its model (a dynamic batch) or stopped this long "
+                             f"is killed and its model reloaded; clients retry its requests (0: no limit; default "
+                             f"{DEFAULT_REQUEST_TIMEOUT:.0f} with the stub watchdog, else none)")
+    parser.add_argument("--plan-cache", type=Path, default=Path.home() / ".cache" / "prost" / "plans",
+                        help="build on target: where TensorRT plans built at start are kept (default ~/.cache/prost/"
+                             "plans; repositories built with --build-on-target)")
     parser.set_defaults(func=_serve_cmd)
 
 
@@ -505,13 +510,17 @@ def _tls(args: argparse.Namespace) -> TLS | None:
 
 
 def _serve_cmd(args: argparse.Namespace) -> int:
-    if args.request_timeout < 0 or args.request_timeout > 0 and args.stub_watchdog <= 0:
-        raise RepositoryError(f"--request-timeout {args.request_timeout:g} needs a value >= 0 and the stub watchdog "
+    timeout = args.request_timeout
+    if timeout is None:
+        timeout = DEFAULT_REQUEST_TIMEOUT if args.stub_watchdog > 0 else 0.0
+    elif timeout < 0 or timeout > 0 and args.stub_watchdog <= 0:
+        raise RepositoryError(f"--request-timeout {timeout:g} needs a value >= 0 and the stub watchdog "
                               f"(--stub-watchdog > 0) to enforce it; pass --request-timeout 0 for no limit")
+    plans.prepare(args.repository, args.plan_cache)  # build on target; a no-op for other repositories
     server = TritonServer(args.repository, grpc_port=args.grpc_port, http_port=args.http_port,
                           metrics_port=args.metrics_port, host=args.host, log_dir=args.log_dir,
                           repository_key=args.repository_key, ready_timeout=args.ready_timeout, grace=args.grace,
-                          tls=_tls(args), inference_key=args.inference_key, request_timeout=args.request_timeout)
+                          tls=_tls(args), inference_key=args.inference_key, request_timeout=timeout)
     # prost-client index --repository reads the key there; a read-only repository keeps it beside the logs. Written
     # before the start, so a client that sees the server ready finds it.
     key_file = storage.write_key(server.repository, server.repository_key) or storage.write_key(

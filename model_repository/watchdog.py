@@ -62,7 +62,8 @@ def live_stubs(server_pid: int, proc: Path = Path("/proc")) -> dict[StubKey, Stu
         instance = next((a for a in reversed(args[2:]) if _INSTANCE.fullmatch(a)), None)
         if instance is not None:
             model_py = Path(args[1])
-            stubs[_INSTANCE.fullmatch(instance)[1], model_py.parent.name, instance] = Stub(int(entry.name), model_py, state)
+            key = (_INSTANCE.fullmatch(instance)[1], model_py.parent.name, instance)
+            stubs[key] = Stub(int(entry.name), model_py, state)
     return stubs
 
 
@@ -116,6 +117,11 @@ class StubWatchdog:
         now = time.monotonic()
         self.stopped_since = {stub.pid: self.stopped_since.get(stub.pid, now) for stub in alive.values()
                               if stub.state == "T"}
+        if self.busy_dir is not None:  # marks of stubs gone meanwhile must not be read as a new owner's of the pid
+            pids = {str(stub.pid) for stub in alive.values()}
+            for mark in self.busy_dir.glob("[0-9]*"):
+                if mark.name not in pids:
+                    mark.unlink(missing_ok=True)
         for key, stub in alive.items():
             busy = busy_seconds(self.busy_dir, stub.pid) if self.busy_dir is not None else None
             stuck = max(busy or 0.0, now - self.stopped_since.get(stub.pid, now))
@@ -158,8 +164,5 @@ class StubWatchdog:
         return True
 
     def _forget(self, key: StubKey) -> None:
-        pid = self.seen[key].pid
-        self.killed.discard(pid)
-        if self.busy_dir is not None:  # a mark left by a killed stub must not be read as its pid's next owner's
-            (self.busy_dir / str(pid)).unlink(missing_ok=True)
+        self.killed.discard(self.seen[key].pid)
         del self.seen[key], self.missing[key]

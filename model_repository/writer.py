@@ -4,10 +4,11 @@ Models (names from `prost_client.protocol`): prost_tokenizer, prost_text, prost_
 prost_video_decode, prost_gallery and the ensembles of `prost_model_repository.ensembles`. Variants change only the three
 graph models: "cpu" runs the ONNX files in a python model on ONNX Runtime's CPU provider, "onnxruntime" uses Triton's
 ORT backend with the TensorRT accelerator, "tensorrt" serves the plans `prost build-engines` listed in the export
-manifest. Configs are `model_config_pb2.ModelConfig` messages written with `text_format`.
+manifest or, with build_on_target, ships the ONNX graphs for the serving image to build its plans at start
+(`prost_model_repository.plans`). Configs are `model_config_pb2.ModelConfig` messages written with `text_format`.
 
-Versioning: building into an existing repository writes version N+1 of a model only when its config or files
-differ from version N. The gallery keeps its data while the video encoder is unchanged; a new video encoder
+Versioning: building into an existing repository writes version N+1 of a model only when its config (for build on
+target: its two alternative configs, as config.pbtxt is the start step's choice) or files differ from version N. The gallery keeps its data while the video encoder is unchanged; a new video encoder
 resets it to an empty version (re-index with `prost-client index`). `manifest.json` at the root lists every
 model, its versions and the sha256 of its files. Writers lock each model directory while writing it and the gallery
 from reading its data to writing the new version (`prost_model_repository.storage`), so a concurrent `prost-client index`
@@ -281,8 +282,9 @@ def _graph_model(name: str, spec: GraphSpec, mbs: int, export_dir: Path, manifes
     if mbs:
         _batching(model, options)
     _warmup(model, spec, mbs)
-    if options.build_on_target:
-        return ModelSpec(model, files, {TENSORRT_CONFIG: model, ONNXRUNTIME_CONFIG: _onnxruntime_fallback(model)})
+    if options.build_on_target:  # served by ONNX Runtime until the image's start step puts a plan in place
+        fallback = _onnxruntime_fallback(model)
+        return ModelSpec(fallback, files, {TENSORRT_CONFIG: model, ONNXRUNTIME_CONFIG: fallback})
     return ModelSpec(model, files)
 
 
@@ -482,6 +484,7 @@ def _write_model(model_dir: Path, spec: ModelSpec) -> int | None:
     """Write a new version when the config or the files differ from the latest version; returns it, or None.
 
     The caller holds the model's lock."""
+    _drop_stale_alternatives(model_dir, spec)
     configs = {name: text_format.MessageToString(c) for name, c in {"config.pbtxt": spec.config,
                                                                      **spec.alternatives}.items()}
     for text in configs.values():
@@ -502,6 +505,14 @@ def _write_model(model_dir: Path, spec: ModelSpec) -> int | None:
     return version
 
 
+def _drop_stale_alternatives(model_dir: Path, spec: ModelSpec) -> None:
+    """Remove the build-on-target configs of an earlier build that this one does not write (the start step would
+    otherwise put the old TensorRT config back over the new config.pbtxt)."""
+    for name in (TENSORRT_CONFIG, ONNXRUNTIME_CONFIG):
+        if name not in spec.alternatives:
+            (model_dir / name).unlink(missing_ok=True)
+
+
 def _same(path: Path, src: Path | bytes) -> bool:
     if isinstance(src, bytes):
         return path.read_bytes() == src
@@ -516,7 +527,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--out", required=True, type=Path, help="repository directory (created or updated)")
     build.add_argument("--variant", choices=VARIANTS, default="cpu",
                        help="how the three graphs run: cpu (ONNX Runtime in python models), onnxruntime (Triton's ORT "
-                            "backend with the TensorRT accelerator, GPU), tensorrt (plans from `prost build-engines`)")
+                            "backend with the TensorRT accelerator, GPU), tensorrt (plans from `prost build-engines`, "
+                            "or built by the serving image at start with --build-on-target)")
     defaults = RepositoryOptions()
     for option in fields(RepositoryOptions):
         if option.name not in ("variant", "fp16", "tensorrt_version", "build_on_target"):

@@ -67,9 +67,18 @@ def test_a_build_on_target_repository_holds_graphs_recipes_and_both_configs(repo
         assert trt.platform == "tensorrt_plan" and not trt.default_model_filename
         assert ort.backend == "onnxruntime" and ort.instance_group[0].kind == mc.ModelInstanceGroup.KIND_AUTO
         assert [i.name for i in trt.input] == [i.name for i in ort.input]
-        assert serves(repository / model, TENSORRT_CONFIG)
+        assert serves(repository / model, ONNXRUNTIME_CONFIG)  # until the start step puts a plan in place
     with pytest.raises(RepositoryError, match="--build-on-target builds TensorRT plans"):
         write_repository(onnx_dir, repository.parent / "cpu", "cpu", build_on_target=True)
+
+
+def test_a_rebuild_without_build_on_target_leaves_no_alternative_behind(repository, onnx_dir, tmp_path):
+    """Otherwise the start step would put the old TensorRT config back over the new config.pbtxt."""
+    write_repository(onnx_dir, repository, "cpu")
+    for model in GRAPH_MODELS:
+        assert not list((repository / model).glob("config.*.pbtxt"))
+        assert config(repository / model / "config.pbtxt").backend == "python"
+    assert plans.prepare(repository, tmp_path / "cache", lambda: H100, StandIn()) == {}
 
 
 def test_without_tensorrt_every_model_serves_with_onnxruntime_saying_why(repository, tmp_path, caplog):
@@ -104,6 +113,8 @@ def test_plans_are_cached_by_content_and_target_and_a_failed_build_falls_back_al
     build = StandIn(fail=P.VIDEO_MODEL)
     outcomes = plans.prepare(repository, cache, lambda: H100, build)
     assert outcomes[P.TEXT_MODEL] == "built" and outcomes[P.SIMILARITY_MODEL] == "cached"  # no weights: same graph
+    assert sorted(build.calls) == [P.TEXT_MODEL, P.VIDEO_MODEL]  # the versions Triton serves only, not version 1
+    assert (repository / P.TEXT_MODEL / "2" / "model.plan").is_file()
     assert outcomes[P.VIDEO_MODEL] == "onnxruntime: building its plan failed: TensorRT failed to build an engine " \
                                       "for model.onnx"
     assert serves(repository / P.VIDEO_MODEL, ONNXRUNTIME_CONFIG)

@@ -1,6 +1,6 @@
 """The reliability suite at its smallest size: every malformed request leaves the server healthy, no ProstClient call
-fails through a killed or stuck stub, a killed server, a publish or an encoder swap under load, and TLS and the keys refuse
-and serve as they should. The full suite (`make reliability`) runs minutes per case."""
+fails through a killed or stuck stub, a killed server, a publish or an encoder swap under load, and TLS and the keys
+refuse and serve as they should. The full suite (`make reliability`) runs minutes per case."""
 
 from __future__ import annotations
 

@@ -114,10 +114,10 @@ def test_a_stub_stuck_in_a_request_or_stopped_past_the_timeout_is_killed_then_re
             assert sleepers[model].wait(5) == -signal.SIGKILL
             shutil.rmtree(proc / str(sleepers[model].pid))  # as /proc forgets a reaped process
         assert sleepers["slow"].poll() is None and sleepers["idle"].poll() is None
-        assert "stub stuck_0_0 of stuck has been in one request for 10 s, past the request timeout (0.5 s)" in caplog.text
+        assert "stuck_0_0 of stuck has been in one request for 10 s, past the request timeout (0.5 s)" in caplog.text
         assert "stub stopped_0_0 of stopped has been stopped for 1 s" in caplog.text
         assert watchdog.check() == ["stopped", "stuck"] and sorted(loads) == ["stopped", "stuck"]
-        assert not (busy / str(sleepers["stuck"].pid)).exists()  # forgotten with its stub
+        assert not (busy / str(sleepers["stuck"].pid)).exists()  # a dead stub's mark goes with it
     finally:
         for child in sleepers.values():
             child.kill()
