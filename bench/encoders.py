@@ -23,7 +23,7 @@ import prost  # noqa: E402
 from prost_export.graphs import EncoderGraph, example_inputs  # noqa: E402
 from prost_export.onnx import export_onnx  # noqa: E402
 from prost_export.parity import onnx_session  # noqa: E402
-from prost_export.precision import check_precision, precision_file, quantize_int8  # noqa: E402
+from prost_export.precision import export_precision, precision_file  # noqa: E402
 from prost_export.specs import graph_specs  # noqa: E402
 
 TOWERS = {"video": "video_prototypes", "text": "text_prototypes"}
@@ -44,9 +44,7 @@ def run(presets: list[str], batches: list[int], limits: dict, work: Path, repeat
         model = prost.create_model(preset, seed=0).eval()
         export = export_onnx(model, work / preset, parity=False)
         specs = graph_specs(model.config)
-        for tower in TOWERS.values():
-            quantize_int8(export / specs[tower].onnx_file, export / precision_file(specs[tower], "int8"))
-        gate = check_precision(export, model.config, "int8")["min_cosine"]  # by output tensor
+        gate = export_precision(export, "int8")["min_cosine"]  # by output tensor
         for kind, graph in TOWERS.items():
             spec = specs[graph]
             module = EncoderGraph(model, kind).eval()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prost.errors import ProstError
+from prost_client import gallery_format as G
 from prost_export.specs import arch_tag
 from prost_export.trt_build import build_plan, tensorrt_module, timing_cache_name
 
@@ -110,9 +111,12 @@ def prepare(repository: Path, cache: Path, detect: Callable[[], Target] = detect
     """Every build-on-target model of `repository` whose latest version carries a plan recipe: its plan in place and
     config.pbtxt its TensorRT config, or its ONNX Runtime config with the reason logged; nothing here stops the
     server from starting. Returns {model: "built" | "cached" | "onnxruntime: <why>"}."""
-    models = [p.parent for p in sorted(Path(repository).glob(f"*/{TENSORRT_CONFIG}"))]
-    latest = {m: _latest_version(m) for m in models}
-    models = [m for m in models if latest[m] is not None and (latest[m] / PLAN_FILE).is_file()]
+    latest = {}  # model -> the version Triton's default policy serves, when it carries a recipe
+    for model in (p.parent for p in sorted(Path(repository).glob(f"*/{TENSORRT_CONFIG}"))):
+        numbers = G.versions(model)
+        if numbers and (model / str(numbers[-1]) / PLAN_FILE).is_file():
+            latest[model] = model / str(numbers[-1])
+    models = list(latest)
     if not models:
         return {}
     try:
@@ -131,12 +135,6 @@ def prepare(repository: Path, cache: Path, detect: Callable[[], Target] = detect
         log.info("%s: TensorRT %s plan for %s (sm %s), %s", model.name, target.tensorrt, target.gpu,
                  target.compute_capability, outcomes[model.name])
     return outcomes
-
-
-def _latest_version(model: Path) -> Path | None:
-    """The highest numbered version directory (the one Triton's default policy serves)."""
-    numbered = [p for p in model.iterdir() if p.is_dir() and p.name.isdigit()]
-    return max(numbered, key=lambda p: int(p.name)) if numbered else None
 
 
 def _fall_back(model: Path, reason: str) -> str:

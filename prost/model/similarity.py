@@ -72,7 +72,7 @@ def similarity(text, video, beta: float = 1.0, block_elements: int = DEFAULT_BLO
     if compute not in COMPUTE_DTYPES:
         raise ValueError(f"compute must be one of {', '.join(COMPUTE_DTYPES)}, got {compute!r}")
     dtype = COMPUTE_DTYPES[compute]
-    phrases, objects = text.phrases.to(dtype), video.objects.to(dtype)
+    phrases, objects = text.phrases.to(dtype), video.objects  # the gallery is converted block by block
     n_t, n_p = phrases.shape[:2]
     n_v = objects.shape[0]
     per_pair = n_p * objects.shape[1] * objects.shape[2]
@@ -82,6 +82,6 @@ def similarity(text, video, beta: float = 1.0, block_elements: int = DEFAULT_BLO
     for t0 in range(0, n_t, text_chunk):
         for v0 in range(0, n_v, video_chunk):
             s_op[t0 : t0 + text_chunk, v0 : v0 + video_chunk] = object_phrase(
-                phrases[t0 : t0 + text_chunk], objects[v0 : v0 + video_chunk]
+                phrases[t0 : t0 + text_chunk], objects[v0 : v0 + video_chunk].to(dtype)
             )
     return combine(event_sentence(text.sentence.float(), video.events.float()), s_op, beta)
