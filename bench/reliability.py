@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from loadgen import closed_loop  # noqa: E402
 
 import prost  # noqa: E402
+from prost.gallery import build as B  # noqa: E402
 from prost_client import errors, protocol as P, wire  # noqa: E402
 from prost_client.client import AsyncProstClient, ProstClient  # noqa: E402
 from prost_export.onnx import export_onnx  # noqa: E402
@@ -116,6 +117,31 @@ def publish_random_gallery(served: Served, videos: int, seed: int) -> float:
         client.publish_prototypes([f"v{seed}-{i}" for i in range(videos)], objects, events,
                                   repository=served.repository)
     return round(time.monotonic() - started, 2)
+
+
+def two_stage_swap(served: Served, export: Path, work: Path, videos: int) -> dict:
+    """`prost gallery build --repository` of a two-stage (indexed) version of `videos` random videos, searched in
+    two stages whatever its size, then `prost-client reload`: the swap a large catalogue makes."""
+    specs = graph_specs(prost.ProstConfig.from_dict(json.loads((export / "manifest.json").read_text())["config"]))
+    rng = np.random.default_rng(3)
+    objects, events = (rng.standard_normal((videos, *spec.shape[1:]), dtype=np.float32)
+                       for spec in specs["video_prototypes"].outputs)
+    prototypes = work / "two-stage.safetensors"
+    B.write_prototypes(prototypes, B.ArrayPrototypes([f"ts{i}" for i in range(videos)], *(
+        a / np.linalg.norm(a, axis=-1, keepdims=True) for a in (objects, events))))
+    started = time.monotonic()
+    build = subprocess.run([sys.executable, "-m", "prost_cli.main", "gallery", "build", "--prototypes",
+                            str(prototypes), "--export", str(export), "--repository", str(served.repository),
+                            "--index", "yes", "--exact-below", "1"], capture_output=True, text=True, timeout=600)
+    if build.returncode:
+        raise RuntimeError(f"prost gallery build failed: {build.stderr[-2000:]}")
+    built = time.monotonic()
+    with ProstClient(served.url, repository_key=served.key, timeout=120) as client:
+        version = client.reload_gallery()
+    swapped = time.monotonic()
+    served_log = (work / "logs" / "tritonserver.log").read_text(errors="replace")
+    return {"build_s": round(built - started, 2), "swap_s": round(swapped - built, 2), "version": version,
+            "two_stage": f"prost_gallery version {version}: {videos} videos, two-stage search" in served_log}
 
 
 def tensor(name: str, value: np.ndarray) -> grpcclient.InferInput:
@@ -327,6 +353,9 @@ def run(out: Path, smoke: bool) -> dict:
         report["publish_under_load"] = search_load(
             served.url, sizes["fault_callers"], sizes["fault_seconds"], "publish",
             lambda t0: {"publish_s": publish_random_gallery(served, sizes["videos"], seed=2)})
+        report["two_stage_swap_under_load"] = search_load(  # long enough to cover the build and the swap
+            served.url, sizes["fault_callers"], 3 * sizes["fault_seconds"], "two-stage",
+            lambda t0: two_stage_swap(served, export, work, sizes["videos"]))
         other = export_onnx(prost.create_model("tiny", seed=1), work / "export-retrained", parity=False)
         report["rebuild_under_load"] = search_load(served.url, sizes["fault_callers"], sizes["fault_seconds"],
                                                    "rebuild", lambda t0: rebuild_and_load(served, other))
@@ -347,7 +376,8 @@ def verdict(report: dict) -> dict:
         "malformed_kinds": len(report["malformed"]),
         "unhealthy_after_malformed": sum(not row["healthy"] for row in report["malformed"]),
         "failed_calls_under_faults": sum(row["failed"] for row in report["faults"])
-        + report["publish_under_load"]["failed"] + report["rebuild_under_load"]["failed"],
+        + report["publish_under_load"]["failed"] + report["two_stage_swap_under_load"]["failed"]
+        + report["rebuild_under_load"]["failed"],
         "failed_calls_under_load": load["failed"],
         "rss_growth_pct": round(100 * (load["rss_after_mib"] / load["rss_before_mib"] - 1), 1),
         "access_as_expected": all(row["got"] == row["expected"] for row in report["access"]),
@@ -371,6 +401,9 @@ def markdown(report: dict) -> str:
     pub = report["publish_under_load"]
     lines.append(f"| gallery publish under load | {pub['sent']} sent, {pub['failed']} failed, published in "
                  f"{pub['during']['publish_s']} s |")
+    swap = report["two_stage_swap_under_load"]
+    lines.append(f"| two-stage gallery built and swapped in under load | {swap['sent']} sent, {swap['failed']} "
+                 f"failed, built in {swap['during']['build_s']} s, swapped in {swap['during']['swap_s']} s |")
     rebuild = report["rebuild_under_load"]
     lines.append(f"| repository rebuild with new encoders, loaded under load | {rebuild['sent']} sent, "
                  f"{rebuild['failed']} failed, swapped in {rebuild['during']['swap_s']} s |")

@@ -1,6 +1,6 @@
 """The reliability suite at its smallest size: every malformed request leaves the server healthy, no ProstClient call
-fails through a killed or stuck stub, a killed server, a publish or an encoder swap under load, and TLS and the keys
-refuse and serve as they should. The full suite (`make reliability`) runs minutes per case."""
+fails through a killed or stuck stub, a killed server, a publish, a two-stage gallery swap or an encoder swap under
+load, and TLS and the keys refuse and serve as they should. The full suite (`make reliability`) runs minutes per case."""
 
 from __future__ import annotations
 
@@ -24,3 +24,6 @@ def test_reliability_smoke(tmp_path):
     assert all(row["sent"] > 0 and row["during"]["recovery_s"] > 0 for row in report["faults"])
     assert len(report["faults"]) == 5 and "| malformed requests |" in (tmp_path / "report.md").read_text()
     assert report["rebuild_under_load"]["sent"] > 0 and report["rebuild_under_load"]["during"]["swap_s"] > 0
+    swap = report["two_stage_swap_under_load"]
+    assert swap["sent"] > 0 and swap["during"]["two_stage"] and swap["seconds"] > sum(
+        swap["during"][k] for k in ("build_s", "swap_s"))  # the load outlasted the build and the swap
