@@ -19,7 +19,7 @@ from prost.model.prost import ProstModel
 from prost.tokenizer import tokenize
 from prost_client import protocol as P
 from prost_export.graphs import EncoderGraph, SimilarityGraph, example_inputs
-from prost_export.specs import graph_specs
+from prost_export.specs import GraphSpec, graph_specs
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +132,11 @@ def torch_backend(model: ProstModel) -> Backend:
     return lambda graph, feeds: run_torch(model, graph, feeds)
 
 
-def onnx_backend(export_dir: Path, config: ProstConfig) -> Backend:
+def onnx_backend(export_dir: Path, config: ProstConfig,
+                 graph_file: Callable[[GraphSpec], str] = lambda spec: spec.onnx_file) -> Backend:
+    """ONNX Runtime (CPU) over an export's graphs; `graph_file` names the file of each (a reduced-precision one)."""
     specs = graph_specs(config)
-    sessions = {name: onnx_session(export_dir / spec.onnx_file) for name, spec in specs.items()}
+    sessions = {name: onnx_session(export_dir / graph_file(spec)) for name, spec in specs.items()}
     return lambda graph, feeds: run_onnx(sessions[graph], feeds)
 
 

@@ -22,7 +22,7 @@ from prost.errors import DependencyError, ExportError
 from prost.fileio import sha256_file, write_json_atomic
 from prost_export.graphs import example_inputs
 from prost_export.manifest import MANIFEST, read_manifest
-from prost_export.parity import Backend, ParityReport, check_backend_retrieval, compare, onnx_session, run_onnx
+from prost_export.parity import Backend, ParityReport, check_backend_retrieval, compare, onnx_backend
 from prost_export.specs import GraphSpec, graph_specs
 
 log = logging.getLogger(__name__)
@@ -93,10 +93,8 @@ def quantize_int8(source: Path, target: Path) -> None:
 
 def reduced_backend(export_dir: Path, config: ProstConfig, precision: str) -> Backend:
     """ONNX Runtime over the encoders at `precision` and the fp32 similarity graph."""
-    specs = graph_specs(config)
-    sessions = {name: onnx_session(export_dir / precision_file(spec, precision if name in ENCODERS else "fp32"))
-                for name, spec in specs.items()}
-    return lambda graph, feeds: run_onnx(sessions[graph], feeds)
+    return onnx_backend(export_dir, config,
+                        lambda spec: precision_file(spec, precision if spec.name in ENCODERS else "fp32"))
 
 
 def check_precision(export_dir: Path, config: ProstConfig, precision: str, data_dir: Path | None = None,
@@ -104,16 +102,15 @@ def check_precision(export_dir: Path, config: ProstConfig, precision: str, data_
     """The gate: every prototype's cosine to the fp32 graph's >= MIN_COSINE on random inputs, and with `data_dir`
     text-to-video R@1/5/10 on decoded videos and captions within RECALL_POINTS of fp32. Raises ParityError."""
     specs = graph_specs(config)
+    reference, reduced = onnx_backend(export_dir, config), reduced_backend(export_dir, config, precision)
     report = ParityReport()
     for name in ENCODERS:
         inputs = example_inputs(specs[name], batch=GATE_BATCH, seed=4321)
-        reference = run_onnx(onnx_session(export_dir / specs[name].onnx_file), inputs)
-        reduced = run_onnx(onnx_session(export_dir / precision_file(specs[name], precision)), inputs)
-        compare(reference, reduced, atol=None, min_cosine=MIN_COSINE, report=report)
+        compare(reference(name, inputs), reduced(name, inputs), atol=None, min_cosine=MIN_COSINE, report=report)
     gate: dict = {"min_cosine": {r.name: round(r.min_cosine, 6) for r in report.rows}, "bound": MIN_COSINE}
     if data_dir is not None:
-        metrics = check_backend_retrieval(export_dir, config, data_dir, reduced_backend(export_dir, config, precision),
-                                          RECALL_POINTS, batch=8, split=split, max_videos=max_videos)
+        metrics = check_backend_retrieval(export_dir, config, data_dir, reduced, RECALL_POINTS, batch=8, split=split,
+                                          max_videos=max_videos)
         gate["retrieval"] = {"fp32": metrics["onnxruntime"], precision: metrics["candidate"],
                              "bound_points": RECALL_POINTS, "split": split}
     return gate
