@@ -1,8 +1,8 @@
 """The machine's limits, the reference every `make bench` figure is a fraction of: square GEMM rates in fp32, bf16
-and int8 from torch's CPU kernels and ONNX Runtime's (MLAS), the faster of the two being the limit, and memory
-bandwidth (a large copy). The libraries differ by kernel choice, not by hardware: on AMD CPUs torch's fp32 GEMM is
-MKL's, which does not use its AVX-512 kernels there (measured: 200 GFLOP/s against MLAS's 470 on the same
-two cores).
+and int8 from torch's CPU kernels, ONNX Runtime's (MLAS) and numpy's BLAS (OpenBLAS, fp32), the fastest being the
+limit, and memory bandwidth (a large copy). The libraries differ by kernel choice, not by hardware: on AMD CPUs
+torch's fp32 GEMM is MKL's, which does not use its AVX-512 kernels there (measured: 200 GFLOP/s against MLAS's 470
+and OpenBLAS's 470 on the same two cores).
 
     .venv/bin/python bench/limits.py
 """
@@ -70,6 +70,25 @@ def torch_gemm_gflops(dtype: str, n: int = GEMM_SIZE) -> float | None:
     return round(2 * n ** 3 / seconds / 1e9, 1)
 
 
+def numpy_gemm_gflops(dtype: str, n: int = GEMM_SIZE) -> float | None:
+    """GFLOP/s of numpy's fp32 matrix product (its BLAS; prost.similarity's fp32 path), None for other dtypes."""
+    if dtype != "fp32":
+        return None
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
+    return round(2 * n ** 3 / median_seconds(lambda: a @ b) / 1e9, 1)
+
+
+def numpy_blas() -> str:
+    """numpy's BLAS library, version and the kernel it runs on this CPU (OpenBLAS picks one per CPU, unless
+    OPENBLAS_CORETYPE pins it)."""
+    from threadpoolctl import threadpool_info
+
+    blas = [i for i in threadpool_info() if i.get("user_api") == "blas" and "numpy" in i.get("filepath", "")]
+    return ", ".join(f"{i['internal_api']} {i['version']} ({i.get('architecture', '?')} kernels, {i['num_threads']} "
+                     f"threads)" for i in blas) or "unknown"
+
+
 def memory_gbps(megabytes: int = 512) -> float:
     """Copy bandwidth: bytes read plus bytes written per second, over a buffer far larger than the caches."""
     source = torch.ones(megabytes << 18, dtype=torch.float32)  # megabytes MiB
@@ -82,8 +101,10 @@ def measure() -> dict:
     """Every limit (`gemm_gflops`: the faster library per dtype), each library's rate, the threads and CPU features."""
     dtypes = ("fp32", "bf16", "int8")
     by_library = {"torch": {d: torch_gemm_gflops(d) for d in dtypes},
-                  "onnxruntime": {d: onnxruntime_gemm_gflops(d) for d in dtypes}}
+                  "onnxruntime": {d: onnxruntime_gemm_gflops(d) for d in dtypes},
+                  "numpy": {d: numpy_gemm_gflops(d) for d in dtypes}}
     return {"threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "numpy_blas": numpy_blas(),
             "gemm_gflops": {d: max((lib[d] for lib in by_library.values() if lib[d]), default=None) for d in dtypes},
             "gemm_gflops_by_library": by_library, "memory_gbps": memory_gbps()}
 

@@ -32,6 +32,7 @@ from prost.model.similarity import DEFAULT_BLOCK_ELEMENTS, l2_normalize  # noqa:
 from prost_export.parity import onnx_session  # noqa: E402
 
 OFFICIAL_VIDEO_CHUNK, OFFICIAL_TEXT_CHUNK = 250, 32
+TOP_K = 10
 
 
 def official(phrases: torch.Tensor, sentence: torch.Tensor, objects: torch.Tensor, events: torch.Tensor,
@@ -58,6 +59,13 @@ def flops(texts: int, videos: int) -> float:
     return 2.0 * texts * videos * d * (VITB["phrases"] * n_l * n_o + n_e + 1)
 
 
+def max_abs_diff(scores: torch.Tensor, expected: torch.Tensor) -> float:
+    """Largest difference from the official S [T, V]; a [T, k] result is compared with the official top k."""
+    if scores.shape != expected.shape:
+        expected = expected.topk(scores.shape[1], dim=1).values
+    return float((scores.float() - expected).abs().max())
+
+
 def run(videos: list[int], texts: list[int], limits: dict, work: Path, repeats: int = 3) -> list[dict]:
     """One row per (method, videos, texts): seconds, pairs/s, GFLOP/s, fraction of the limit, ratio to official."""
     g = torch.Generator().manual_seed(0)
@@ -80,12 +88,12 @@ def run(videos: list[int], texts: list[int], limits: dict, work: Path, repeats: 
             text = prost.TextPrototypes(phrases, sentence)
             methods = {
                 "official (fp32)": (lambda: official(phrases, sentence, objects, events), "fp32"),
-                "prost.similarity fp32": (lambda: prost.similarity(text, video), "fp32"),
-                "prost.similarity bf16": (lambda: prost.similarity(text, video, compute="bf16"), "bf16"),
+                "prost.similarity fp32": (lambda: prost.similarity(text, video).total, "fp32"),
+                "prost.similarity bf16": (lambda: prost.similarity(text, video, compute="bf16").total, "bf16"),
                 "gallery engine exact (fp16 store, ORT fp32)": (
-                    lambda: engine.search(phrases.numpy(), sentence.numpy(), 10, mode="exact"), "fp32"),
+                    lambda: engine.search(phrases.numpy(), sentence.numpy(), TOP_K, mode="exact").scores, "fp32"),
             }
-            reference = None
+            reference, expected = None, official(phrases, sentence, objects, events)
             for name, (fn, dtype) in methods.items():
                 seconds = median_seconds(fn, repeats)
                 reference = reference or seconds
@@ -93,7 +101,8 @@ def run(videos: list[int], texts: list[int], limits: dict, work: Path, repeats: 
                 rows.append({"method": name, "videos": n_v, "texts": n_t, "seconds": round(seconds, 4),
                              "pairs_per_s": round(n_t * n_v / seconds), "gflops": round(rate, 1),
                              "dtype": dtype, "fraction_of_limit": round(rate / limits["gemm_gflops"][dtype], 3),
-                             "speedup_vs_official": round(reference / seconds, 2)})
+                             "speedup_vs_official": round(reference / seconds, 2),
+                             "max_abs_diff": max_abs_diff(torch.as_tensor(fn()), expected)})
                 print(json.dumps(rows[-1]), flush=True)
     return rows
 

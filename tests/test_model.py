@@ -112,6 +112,22 @@ def test_chunked_similarity_equals_unchunked():
             assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_similarity_outside_autograd_equals_autograd_path():
+    """Eager fp32 scoring without gradients runs on numpy's BLAS; it equals the torch path that training takes (whose
+    gradients still flow), and a traced graph keeps the torch ops rather than a numpy constant."""
+    text, video = random_prototypes(n_t=6, n_v=10, seed=3)
+    with torch.no_grad():
+        eager = object_phrase(text.phrases, video.objects)
+    phrases = text.phrases.clone().requires_grad_(True)
+    tracked = object_phrase(phrases, video.objects)
+    tracked.sum().backward()
+    assert torch.allclose(eager, tracked.detach(), atol=1e-6) and phrases.grad.abs().sum() > 0
+    traced = torch.jit.trace(object_phrase, (text.phrases, video.objects))
+    other_text, other_video = random_prototypes(n_t=6, n_v=10, seed=4)
+    assert torch.allclose(traced(other_text.phrases, other_video.objects),
+                          object_phrase(other_text.phrases, other_video.objects), atol=1e-6)
+
+
 def test_bf16_similarity_rounds_each_cosine_once():
     """bf16 S_op (8 significant bits per input) keeps every score within 4e-3 of fp32 and returns float32; an
     unknown precision is refused."""

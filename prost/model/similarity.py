@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -44,9 +45,22 @@ def object_phrase(phrases: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
     """
     t, n_p, d = phrases.shape
     v, n_l, n_o, _ = objects.shape
-    sims = phrases.reshape(t * n_p, d) @ objects.reshape(v * n_l * n_o, d).transpose(0, 1)
-    sims = sims.reshape(t, n_p, v, n_l, n_o).amax(dim=1).amax(dim=2)  # [T, V, No]
-    return sims.float().mean(dim=-1)
+    if _on_numpy(phrases, objects):
+        sims = np.matmul(phrases.detach().numpy().reshape(t * n_p, d), objects.detach().numpy().reshape(-1, d).T)
+        best = torch.from_numpy(sims.reshape(t, n_p, v, n_l, n_o).max(axis=1).max(axis=2))  # [T, V, No]
+    else:
+        sims = phrases.reshape(t * n_p, d) @ objects.reshape(v * n_l * n_o, d).transpose(0, 1)
+        best = sims.reshape(t, n_p, v, n_l, n_o).amax(dim=1).amax(dim=2)
+    return best.float().mean(dim=-1)
+
+
+def _on_numpy(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a float32 CPU product runs eagerly outside autograd, so numpy's BLAS (OpenBLAS) can take it: torch's is
+    MKL, which runs its AVX-512 kernels only on Intel CPUs (OpenBLAS reached 2x its rate on AMD, bench/limits.py).
+    The block's maxes run in numpy too: switching between the two libraries' thread pools cost 3x."""
+    on_cpu = a.dtype == b.dtype == torch.float32 and a.device.type == b.device.type == "cpu"
+    traced = torch.jit.is_tracing() or torch.compiler.is_compiling()
+    return on_cpu and not traced and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
 
 
 def combine(s_es: torch.Tensor, s_op: torch.Tensor, beta: float | torch.Tensor) -> Similarity:
