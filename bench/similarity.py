@@ -1,6 +1,7 @@
 """Exact scoring speed at ViT-B/32 shapes (L 12, No 12, Np 28, Ne 3, D 512): text-video pairs per second of the
 official scoring, `prost.similarity` in fp32 and bf16, and the gallery engine's exact stage (the similarity graph on
-ONNX Runtime over the memory-mapped fp16 store), each as GFLOP/s and as a fraction of the matching GEMM limit.
+ONNX Runtime over the memory-mapped fp16 store; torch's bf16 GEMM over a bf16 store), each as GFLOP/s and as a
+fraction of the matching GEMM limit.
 
 The reference is the official `get_similarity_logits` as its evaluation runs it: normalise, einsum
 'aid,bfjd->abfij' over chunks of 250 videos and 32 texts, then the maxes and the mean.
@@ -26,9 +27,10 @@ from scale import STAMP, VITB, VITB_DIMS, similarity_graph  # noqa: E402
 
 import prost  # noqa: E402
 from prost.gallery import build as B  # noqa: E402
-from prost.gallery.engine import GalleryEngine, OnnxScorer  # noqa: E402
+from prost.gallery.engine import GalleryEngine, make_scorer  # noqa: E402
 from prost.gallery.store import load_version  # noqa: E402
 from prost.model.similarity import DEFAULT_BLOCK_ELEMENTS, l2_normalize  # noqa: E402
+from prost_client import gallery_format as G  # noqa: E402
 from prost_export.parity import onnx_session  # noqa: E402
 
 OFFICIAL_VIDEO_CHUNK, OFFICIAL_TEXT_CHUNK = 250, 32
@@ -74,13 +76,17 @@ def run(videos: list[int], texts: list[int], limits: dict, work: Path, repeats: 
     for n_v in videos:
         objects = l2_normalize(torch.randn(n_v, n_l, n_o, d, generator=g)).half().float()  # as the store rounds
         events = l2_normalize(torch.randn(n_v, n_e, d, generator=g)).half().float()
-        version = work / f"gallery-{n_v}"
-        B.build_version(version, B.ArrayPrototypes([f"v{i}" for i in range(n_v)], objects.numpy(), events.numpy()),
-                        video_encoder=STAMP, objects_dims=VITB_DIMS[0], events_dims=VITB_DIMS[1], index=False,
-                        progress=False)
-        graph = similarity_graph(*VITB_DIMS, VITB["phrases"], version / "similarity.onnx")
-        engine = GalleryEngine(load_version(version, *VITB_DIMS, STAMP), OnnxScorer(onnx_session(graph), 1.0), 1.0,
-                               DEFAULT_BLOCK_ELEMENTS)
+        engines = {}
+        for dtype in G.OBJECT_DTYPES:  # random vectors tie, so the bf16 store is built without its recall gate
+            version = work / f"gallery-{n_v}-{dtype}"
+            B.build_version(version, B.ArrayPrototypes([f"v{i}" for i in range(n_v)], objects.numpy(),
+                                                       events.numpy()),
+                            video_encoder=STAMP, objects_dims=VITB_DIMS[0], events_dims=VITB_DIMS[1], index=False,
+                            objects_dtype=dtype, gate=False, progress=False)
+            graph = similarity_graph(*VITB_DIMS, VITB["phrases"], version / "similarity.onnx")
+            scorer, _ = make_scorer(dtype, onnx_session(graph), 1.0)
+            engines[dtype] = GalleryEngine(load_version(version, *VITB_DIMS, STAMP), scorer, 1.0,
+                                           DEFAULT_BLOCK_ELEMENTS)
         video = prost.VideoPrototypes(objects, events)
         for n_t in texts:
             phrases = l2_normalize(torch.randn(n_t, VITB["phrases"], d, generator=g))
@@ -91,7 +97,11 @@ def run(videos: list[int], texts: list[int], limits: dict, work: Path, repeats: 
                 "prost.similarity fp32": (lambda: prost.similarity(text, video).total, "fp32"),
                 "prost.similarity bf16": (lambda: prost.similarity(text, video, compute="bf16").total, "bf16"),
                 "gallery engine exact (fp16 store, ORT fp32)": (
-                    lambda: engine.search(phrases.numpy(), sentence.numpy(), TOP_K, mode="exact").scores, "fp32"),
+                    lambda: engines["fp16"].search(phrases.numpy(), sentence.numpy(), TOP_K, mode="exact").scores,
+                    "fp32"),
+                "gallery engine exact (bf16 store, torch bf16)": (
+                    lambda: engines["bf16"].search(phrases.numpy(), sentence.numpy(), TOP_K, mode="exact").scores,
+                    "bf16"),
             }
             reference, expected = None, official(phrases, sentence, objects, events)
             for name, (fn, dtype) in methods.items():

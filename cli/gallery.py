@@ -16,7 +16,7 @@ from prost.config import ProstConfig
 from prost.errors import GalleryError, PathError
 from prost.fileio import check_writable
 from prost.gallery import build as B
-from prost.gallery.engine import GalleryEngine, OnnxScorer, with_overrides
+from prost.gallery.engine import GalleryEngine, make_scorer, with_overrides
 from prost.gallery.store import SearchParams, load_version
 from prost.model.similarity import DEFAULT_BLOCK_ELEMENTS
 from prost_client import gallery_format as G, protocol as P
@@ -68,6 +68,9 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--seed", type=int, default=0, help="seed of the training sample and k-means")
     build.add_argument("--no-fp16-store", action="store_true",
                        help="keep only the compressed objects (the final stage then scores decoded codes)")
+    build.add_argument("--objects-dtype", choices=tuple(G.OBJECT_DTYPES), default="fp16",
+                       help="store the object prototypes in bf16: searched by a bf16 GEMM where torch and the CPU "
+                            f"run one; refused below recall@{B.GATE_TOP_K} {B.BF16_GATE} against fp32 (README)")
     build.add_argument("--chunk", type=int, default=B.DEFAULT_CHUNK, help="videos per streamed chunk")
     build.set_defaults(func=_build)
 
@@ -145,7 +148,8 @@ def _build(args: argparse.Namespace) -> int:
                              objects_dims=objects_dims, events_dims=events_dims, chunk=args.chunk)
         else:
             B.build_version(out, prototypes, video_encoder=encoder, objects_dims=objects_dims,
-                            events_dims=events_dims, params=params, options=options, index=index, chunk=args.chunk)
+                            events_dims=events_dims, params=params, options=options, index=index,
+                            objects_dtype=args.objects_dtype, chunk=args.chunk)
         (out / G.MODEL_FILE).write_text(G.MODEL_SOURCE)
         (out / G.SIMILARITY_FILE).write_bytes(graph)
 
@@ -192,7 +196,7 @@ def _full_build_flags(args: argparse.Namespace) -> dict[str, bool]:
     """{flag: given} for the flags only a full build uses (index, quantisers, search parameters)."""
     defaults = {**{f.name: f.default for f in fields(SearchParams)},
                 **{f.name: f.default for f in fields(B.IndexOptions) if f.name != "fp16_objects"},
-                "no_fp16_store": False, "index": "auto"}
+                "no_fp16_store": False, "index": "auto", "objects_dtype": "fp16"}
     return {f"--{name.replace('_', '-')}": getattr(args, name) != default for name, default in defaults.items()}
 
 
@@ -215,7 +219,7 @@ def open_engine(gallery: Path, export_dir: Path) -> tuple[GalleryEngine, ProstCo
     _, config, encoder = _export_facts(export_dir)
     objects_dims, events_dims = _dims(config)
     version = load_version(gallery, objects_dims, events_dims, encoder)
-    scorer = OnnxScorer(onnx_session(gallery / G.SIMILARITY_FILE), config.beta)
+    scorer, _ = make_scorer(version.objects_dtype, onnx_session(gallery / G.SIMILARITY_FILE), config.beta)
     return GalleryEngine(version, scorer, config.beta, DEFAULT_BLOCK_ELEMENTS), config
 
 

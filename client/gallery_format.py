@@ -5,7 +5,8 @@ A version directory `prost_gallery/<N>/` holds:
   model.py              the tiny MODEL_SOURCE below (the implementation is installed on the server)
   similarity.onnx       the exported pairwise similarity graph; the repository's copy takes the fp16 prototypes
   gallery.safetensors   "objects" fp16 [N, L, No, D] and "events" fp16 [N, Ne, D]; its metadata names the video
-                        encoder that produced them (ENCODER_STAMP)
+                        encoder that produced them (ENCODER_STAMP). `prost gallery build --objects-dtype bf16`
+                        stores the objects in bfloat16 instead (OBJECT_DTYPES)
   video_ids.json        {"video_ids": [N strings]}, row i of the tensors belongs to video_ids[i]
 This is what clients write: one exact segment at the root. `prost gallery build` writes the segmented, indexed
 layout of `prost.gallery.store` (a `gallery.json` beside these files), which the server reads as well.
@@ -18,6 +19,7 @@ import struct
 from collections.abc import Sequence
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 
 MODEL_FILE = "model.py"
@@ -33,9 +35,11 @@ from prost_model_repository.gallery.impl import TritonPythonModel  # noqa: F401
 '''
 
 
-# safetensors dtype names of the numpy dtypes galleries store.
-SAFETENSORS_DTYPES = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.int32): "I32",
-                      np.dtype(np.uint8): "U8", np.dtype(np.int64): "I64"}
+# safetensors dtype names of the numpy dtypes galleries store (bfloat16 from ml_dtypes, numpy has none).
+SAFETENSORS_DTYPES = {np.dtype(np.float16): "F16", np.dtype(ml_dtypes.bfloat16): "BF16", np.dtype(np.float32): "F32",
+                      np.dtype(np.int32): "I32", np.dtype(np.uint8): "U8", np.dtype(np.int64): "I64"}
+# The dtypes a gallery may store its object prototypes in; events are always fp16.
+OBJECT_DTYPES = {"fp16": np.dtype(np.float16), "bf16": np.dtype(ml_dtypes.bfloat16)}
 
 
 def safetensors_header_bytes(shapes: dict[str, tuple[np.dtype, tuple[int, ...]]],

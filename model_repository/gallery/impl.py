@@ -5,8 +5,8 @@ Inputs PHRASE_PROTOTYPES [Np, D], SENTENCE_EMBEDDING [D], optional TOP_K int32 [
 outputs VIDEO_IDS [K], SCORES [K] (S = S_es + beta * S_op, best first) and MATCHED_FRAMES int32 [K, Np]: for each
 result and phrase prototype, the frame of its best-matching object prototype. K = min(TOP_K, gallery size), so an
 empty gallery answers K = 0. Scores come from `similarity.onnx` (the export's graph; the repository's copy takes the
-fp16 prototypes as stored), run over blocks of at most BLOCK_ELEMENTS, so memory is bounded by the block and the
-memory-mapped version, not by the gallery size.
+fp16 prototypes as stored), or for a bf16 object store from torch's bf16 GEMM where it runs, over blocks of at most
+BLOCK_ELEMENTS, so memory is bounded by the block and the memory-mapped version, not by the gallery size.
 
 Parameters: BETA and VIDEO_ENCODER_SHA256 (required), DEFAULT_TOP_K, MAX_TOP_K, BLOCK_ELEMENTS, INTRA_OP_THREADS.
 A missing, truncated or inconsistent gallery, or one stamped with another video encoder, raises in `initialize`
@@ -16,7 +16,7 @@ naming the file: that version does not load and the previous one keeps serving.
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from prost.gallery.engine import GalleryEngine, OnnxScorer
+from prost.gallery.engine import GalleryEngine, OnnxScorer, make_scorer
 from prost.gallery.store import load_version
 from prost_client import gallery_format as G, protocol as P
 from prost_model_repository import param_keys as K
@@ -39,8 +39,7 @@ class TritonPythonModel:
         session = ort_session(directory / G.SIMILARITY_FILE, threads)
         graph = {i.name: i.shape for i in session.get_inputs()}
         # The repository's graph takes the fp16 prototypes as they are stored; an uploaded export graph, float32.
-        scorer = OnnxScorer(session, beta)
-        if scorer.takes_float32:
+        if OnnxScorer(session, beta).takes_float32:
             pb_utils.Logger.log_warn(
                 f"prost_gallery version {args['model_version']}: {G.SIMILARITY_FILE} takes float32 prototypes, so "
                 f"every search converts the fp16 gallery in numpy (several times slower); upload the graph of a built "
@@ -50,10 +49,11 @@ class TritonPythonModel:
             raise ParameterError(f"{P.PHRASE_PROTOTYPES} dims {dims(config, P.PHRASE_PROTOTYPES)} do not match "
                                  f"{G.SIMILARITY_FILE} {graph[P.PHRASE_PROTOTYPES]}")
         version = load_version(directory, objects_dims, events_dims, param(params, P.VIDEO_ENCODER_PARAM))
+        scorer, scoring = make_scorer(version.objects_dtype, session, beta, threads)
         self.engine = GalleryEngine(version, scorer, beta, param_int(params, K.BLOCK_ELEMENTS, minimum=1))
         self.encoded_ids = np.array([v.encode("utf-8") for v in self.engine.ids], dtype=np.object_)
         pb_utils.Logger.log_info(f"prost_gallery version {args['model_version']}: {self.engine.size} videos, "
-                                 f"{self.engine.mode} search")
+                                 f"{self.engine.mode} search, scored by {scoring}")
 
     @marks_busy
     def execute(self, requests):

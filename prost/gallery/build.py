@@ -28,6 +28,8 @@ from prost_client import gallery_format as G
 IDS_KEY = "video_ids"  # prototypes-file metadata: JSON list of the ids, row order
 CHECKPOINT_KEY = "checkpoint_sha256"  # prototypes-file metadata: the checkpoint that encoded them
 DEFAULT_CHUNK = 4096  # videos per streamed chunk
+# A bf16 object store must keep recall@10 >= BF16_GATE against fp32 on GATE_QUERIES queries over GATE_VIDEOS videos.
+BF16_GATE, GATE_QUERIES, GATE_VIDEOS, GATE_TOP_K = 0.99, 64, 5000, 10
 
 
 class Prototypes(Protocol):
@@ -137,6 +139,27 @@ def train_index(prototypes: Prototypes, options: IndexOptions, progress: bool = 
     return trained[0], trained[1], description
 
 
+def bf16_recall(prototypes: Prototypes) -> float:
+    """Recall@10 of bf16 objects (and a bf16 GEMM, as the engine scores them) against fp32, over the first
+    GATE_VIDEOS videos. The queries are GATE_QUERIES of those videos, evenly spaced: each one's first-frame objects
+    as phrases and first event as sentence, beta 1 (a build has no captions)."""
+    import torch
+
+    from prost.model.prost import TextPrototypes, VideoPrototypes
+    from prost.model.similarity import similarity
+
+    n = min(len(prototypes.video_ids), GATE_VIDEOS)
+    objects = torch.from_numpy(np.asarray(prototypes.objects[:n], np.float32))
+    events = torch.from_numpy(np.asarray(prototypes.events[:n], np.float16).astype(np.float32))  # as stored
+    queries = np.linspace(0, n - 1, min(n, GATE_QUERIES)).astype(int)
+    text = TextPrototypes(objects[queries, 0], events[queries, 0])
+    k = min(GATE_TOP_K, n)
+    exact = similarity(text, VideoPrototypes(objects, events)).total.topk(k, dim=1).indices
+    stored = VideoPrototypes(objects.bfloat16(), events)
+    reduced = similarity(text, stored, compute="bf16").total.topk(k, dim=1).indices
+    return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(exact, reduced)]))
+
+
 def _float32(array, rows: np.ndarray) -> np.ndarray:
     """array[rows] as float32, read in sorted runs (memory maps read sequentially)."""
     return np.concatenate([np.asarray(array[rows[i:i + DEFAULT_CHUNK]], np.float32)
@@ -144,10 +167,10 @@ def _float32(array, rows: np.ndarray) -> np.ndarray:
 
 
 def write_segment(directory: Path, prototypes: Prototypes, *, video_encoder: str, codec: S.Codec | None = None,
-                  events_trained: Any = None, fp16_objects: bool = True, chunk: int = DEFAULT_CHUNK,
-                  progress: bool = True) -> dict:
+                  events_trained: Any = None, fp16_objects: bool = True, objects_dtype: str = "fp16",
+                  chunk: int = DEFAULT_CHUNK, progress: bool = True) -> dict:
     """Write one segment (ids, fp16 store, and with a codec its object codes, postings and events index), streamed
-    chunk by chunk; returns its gallery.json entry."""
+    chunk by chunk; returns its gallery.json entry. `objects_dtype` ("fp16" or "bf16") is the store's for objects."""
     directory.mkdir(parents=True)
     ids = list(prototypes.video_ids)
     n = len(ids)
@@ -155,7 +178,8 @@ def write_segment(directory: Path, prototypes: Prototypes, *, video_encoder: str
     (directory / G.IDS_FILE).write_text(json.dumps({"video_ids": ids}, ensure_ascii=False) + "\n")
     fsync_path(directory / G.IDS_FILE)
     objects_shape, events_shape = tuple(prototypes.objects.shape), tuple(prototypes.events.shape)
-    shapes = {**({"objects": (np.float16, objects_shape)} if fp16_objects else {}),
+    store_dtype = G.OBJECT_DTYPES[objects_dtype]
+    shapes = {**({"objects": (store_dtype, objects_shape)} if fp16_objects else {}),
               "events": (np.float16, events_shape)}
     tensors = S.TensorStream(directory / G.TENSORS_FILE, shapes,
                              {"format": "prost-gallery", "videos": str(n), G.ENCODER_STAMP: video_encoder,
@@ -173,7 +197,7 @@ def write_segment(directory: Path, prototypes: Prototypes, *, video_encoder: str
     for v0 in range(0, n, chunk):  # objects: fp16 store, codes
         block = np.asarray(prototypes.objects[v0:v0 + chunk])
         if fp16_objects:
-            tensors.write("objects", block.astype(np.float16))
+            tensors.write("objects", block.astype(store_dtype))
         if codec is not None:
             encoded = codec.encode(block.reshape(-1, objects_shape[-1])).reshape(len(block), slots, -1)
             codes.write("codes", encoded)
@@ -210,10 +234,19 @@ def _write_postings(path: Path, pairs: list[np.ndarray], n: int, lists: int, met
 
 def build_version(out: Path, prototypes: Prototypes, *, video_encoder: str, objects_dims: Sequence[int],
                   events_dims: Sequence[int], params: S.SearchParams = S.SearchParams(),
-                  options: IndexOptions = IndexOptions(), index: bool | None = None, chunk: int = DEFAULT_CHUNK,
-                  progress: bool = True) -> dict:
+                  options: IndexOptions = IndexOptions(), index: bool | None = None, objects_dtype: str = "fp16",
+                  gate: bool = True, chunk: int = DEFAULT_CHUNK, progress: bool = True) -> dict:
     """Write a complete gallery version's data into the empty or new directory `out`; returns its gallery.json.
-    `index` None trains a two-stage index when the gallery has at least `params.exact_below` videos."""
+    `index` None trains a two-stage index when the gallery has at least `params.exact_below` videos; `objects_dtype`
+    "bf16" stores the object prototypes in bfloat16 (scored by a bf16 GEMM where torch and the CPU run one), after
+    `bf16_recall` passes BF16_GATE unless `gate` is False (benchmarks of random vectors)."""
+    if objects_dtype not in G.OBJECT_DTYPES:
+        raise GalleryError(f"objects dtype must be one of {', '.join(G.OBJECT_DTYPES)}, got {objects_dtype!r}")
+    if objects_dtype == "bf16" and gate:
+        recall = bf16_recall(prototypes)
+        if recall < BF16_GATE:
+            raise GalleryError(f"a bf16 object store keeps recall@{GATE_TOP_K} {recall:.3f} against fp32 on these "
+                               f"prototypes, below the gate {BF16_GATE}: build with --objects-dtype fp16")
     check_prototypes(prototypes.video_ids, prototypes.objects, prototypes.events, source="prototypes")
     _check_dims(prototypes, objects_dims, events_dims)
     out = Path(out)
@@ -227,9 +260,10 @@ def build_version(out: Path, prototypes: Prototypes, *, video_encoder: str, obje
         codec = S.Codec(objects_index, sha256_file(out / S.TRAINED_OBJECTS))
     segment = write_segment(out / segment_name(1), prototypes, video_encoder=video_encoder, codec=codec,
                             events_trained=events_trained, fp16_objects=options.fp16_objects or not index,
-                            chunk=chunk, progress=progress)
+                            objects_dtype=objects_dtype, chunk=chunk, progress=progress)
     manifest = {"format": S.FORMAT, "video_encoder_sha256": video_encoder, "objects": list(objects_dims),
-                "events": list(events_dims), "segments": [segment], "index": description,
+                "objects_dtype": objects_dtype, "events": list(events_dims), "segments": [segment],
+                "index": description,
                 "search": asdict(params)}
     S.write_manifest(out, manifest)
     return manifest
@@ -298,7 +332,8 @@ def update_version(out: Path, base: Path, *, add: Prototypes | None, remove: Ite
         codec, events_trained = _read_trained(out) if index is not None else (None, None)
         segments.append(write_segment(out / segment_name(number + 1), add, video_encoder=video_encoder,
                                       codec=codec, events_trained=events_trained,
-                                      fp16_objects=index is None or index["fp16_objects"], chunk=chunk,
+                                      fp16_objects=index is None or index["fp16_objects"],
+                                      objects_dtype=manifest.get("objects_dtype", "fp16"), chunk=chunk,
                                       progress=progress))
     manifest = {**manifest, "segments": segments}
     S.write_manifest(out, manifest)

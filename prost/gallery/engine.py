@@ -15,6 +15,7 @@ Removed ids (incremental publishing) never appear in results. Ties go to the low
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -27,7 +28,10 @@ from prost_client import protocol as P
 
 class Scorer(Protocol):
     """S [T, c] of texts (phrases [T, Np, D], sentences [T, D]) against a block of videos (objects [c, L, No, D],
-    events [c, Ne, D], fp16 or float32)."""
+    events [c, Ne, D], as stored or float32). `reads_in_place`: whether it scores the stored bytes without a copy,
+    so a block is bounded by its scores alone, not also by its prototypes."""
+
+    reads_in_place: bool
 
     def __call__(self, phrases: np.ndarray, sentence: np.ndarray, objects: np.ndarray,
                  events: np.ndarray) -> np.ndarray: ...
@@ -35,6 +39,8 @@ class Scorer(Protocol):
 
 class OnnxScorer:
     """The exported similarity graph on ONNX Runtime, fed the prototypes in the dtype it declares."""
+
+    reads_in_place = False
 
     def __init__(self, session, beta: float) -> None:
         self.session = session
@@ -53,6 +59,56 @@ class OnnxScorer:
                 P.OBJECT_PROTOTYPES: np.asarray(objects).astype(self.dtypes[P.OBJECT_PROTOTYPES], copy=False),
                 P.EVENT_PROTOTYPES: np.asarray(events).astype(self.dtypes[P.EVENT_PROTOTYPES], copy=False)}
         return self.session.run([P.SIMILARITY], feed)[0]
+
+
+class TorchBf16Scorer:
+    """S with the S_op GEMM in bfloat16 on torch (oneDNN), for bf16 object stores: the stored bytes are the GEMM's
+    operand, so no block is converted (README: Exact scoring in bf16)."""
+
+    reads_in_place = True
+
+    def __init__(self, beta: float, threads: int = 0) -> None:
+        """`threads` > 0 sets torch's intra-op threads (process-wide: each Triton instance is its own process)."""
+        import torch
+
+        from prost.model import similarity
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.torch, self.similarity, self.beta = torch, similarity, beta
+
+    def __call__(self, phrases: np.ndarray, sentence: np.ndarray, objects: np.ndarray,
+                 events: np.ndarray) -> np.ndarray:
+        torch, S = self.torch, self.similarity
+        with warnings.catch_warnings():  # the store is a read-only memory map; torch only reads it
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            stored = torch.from_numpy(np.asarray(objects).view(np.uint16)).view(torch.bfloat16)
+        s_op = S.object_phrase(torch.from_numpy(phrases).to(torch.bfloat16), stored)
+        s_es = S.event_sentence(torch.from_numpy(sentence), torch.from_numpy(np.asarray(events, np.float32)))
+        return S.combine(s_es, s_op, self.beta).total.numpy()
+
+
+def bf16_unavailable() -> str | None:
+    """Why torch's bf16 GEMM cannot score here (torch missing, or a CPU without AVX-512 BF16 or AMX), else None."""
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        return "this CPU has neither AVX-512 BF16 nor AMX"
+    return None
+
+
+def make_scorer(objects_dtype: str, session, beta: float, threads: int = 0) -> tuple[Scorer, str]:
+    """The scorer for a gallery whose objects are stored in `objects_dtype`, and a line saying which: torch's bf16
+    GEMM for a bf16 store where it runs, else the similarity graph on ONNX Runtime (a bf16 store converted per
+    block, with the reason)."""
+    if objects_dtype != "bf16":
+        return OnnxScorer(session, beta), "the similarity graph on ONNX Runtime"
+    reason = bf16_unavailable()
+    if reason is None:
+        return TorchBf16Scorer(beta, threads), "bf16 GEMM (torch) on the bf16 store"
+    return OnnxScorer(session, beta), f"the similarity graph on ONNX Runtime, bf16 store converted per block ({reason})"
 
 
 @dataclass
@@ -107,8 +163,10 @@ class GalleryEngine:
 
     # -- exact --------------------------------------------------------------------------------------------------
     def _chunk(self, n_texts: int, n_phrases: int, n_objects_per_video: int, per_video_elements: int) -> int:
-        """Videos per scoring block: its [T, Np, L, No] score block, or its prototypes, within BLOCK_ELEMENTS."""
-        return max(1, self.block // max(n_texts * n_phrases * n_objects_per_video, per_video_elements))
+        """Videos per scoring block: its [T, Np, L, No] score block, and its prototypes unless the scorer reads them
+        in place, within BLOCK_ELEMENTS."""
+        copied = 0 if self.scorer.reads_in_place else per_video_elements
+        return max(1, self.block // max(n_texts * n_phrases * n_objects_per_video, copied))
 
     def _exact(self, phrases, sentence, k):
         t = len(phrases)

@@ -95,7 +95,7 @@ class Segment:
     path: Path
     ids: list[str]
     events: np.ndarray  # fp16 [n, Ne, D]
-    objects: np.ndarray | None  # fp16 [n, L, No, D]; None when built without the fp16 store
+    objects: np.ndarray | None  # fp16 or bf16 [n, L, No, D]; None when built without the store
     codes: np.ndarray | None = None  # u8 [n, L * No, code size]
     coarse: np.ndarray | None = None  # [n, L * No]: each object's coarse centroid (a view of the codes)
     offsets: np.ndarray | None = None  # i64 [lists + 1]: rows[offsets[c]:offsets[c + 1]] hold objects of centroid c
@@ -150,6 +150,7 @@ class Version:
     events_dims: tuple[int, ...]  # (Ne, D)
     params: SearchParams = field(default_factory=SearchParams)
     codec: Codec | None = None  # of the object codes (two-stage versions)
+    objects_dtype: str = "fp16"  # of the object store: "fp16" or "bf16" (gallery_format.OBJECT_DTYPES)
 
     @property
     def indexed(self) -> bool:
@@ -272,7 +273,8 @@ def load_version(directory: Path, objects_dims: list[int], events_dims: list[int
     directory = Path(directory)
     manifest = read_manifest(directory)
     if manifest is None:  # the client layout: one exact segment at the root
-        segment = _segment(directory, {}, objects_dims, events_dims, video_encoder, require_objects=True)
+        segment = _segment(directory, {}, objects_dims, events_dims, video_encoder, require_objects=True,
+                           objects_dtype="fp16")
         return Version([segment], tuple(objects_dims), tuple(events_dims))
     where = directory / GALLERY_FILE
     stamp = manifest.get("video_encoder_sha256")
@@ -284,6 +286,9 @@ def load_version(directory: Path, objects_dims: list[int], events_dims: list[int
         raise GalleryError(f"{where}: dims objects {manifest.get('objects')} events {manifest.get('events')} do not "
                            f"match the similarity graph's {objects_dims} and {events_dims}")
     params = SearchParams.from_json(manifest.get("search"), where)
+    objects_dtype = manifest.get("objects_dtype", "fp16")  # versions before bf16 stores say nothing
+    if objects_dtype not in G.OBJECT_DTYPES:
+        raise GalleryError(f"{where}: objects_dtype must be one of {', '.join(G.OBJECT_DTYPES)}, got {objects_dtype!r}")
     index, codec, trained_events = manifest.get("index"), None, None
     if index is not None and not (isinstance(index, dict) and isinstance(index.get("files"), dict)):
         raise GalleryError(f"{where}: 'index' must be null or an object with 'files'")
@@ -301,7 +306,8 @@ def load_version(directory: Path, objects_dims: list[int], events_dims: list[int
                            f"of this version")
     for entry in segments_json:
         segment = _segment(directory / entry["dir"], entry["files"], objects_dims, events_dims, video_encoder,
-                           require_objects=index is None or index.get("fp16_objects", True), entry=entry)
+                           require_objects=index is None or index.get("fp16_objects", True),
+                           objects_dtype=objects_dtype, entry=entry)
         segment.removed = frozenset(entry.get("removed", []))
         if codec is not None:
             _attach_index(segment, entry, objects_dims, events_dims, codec, trained_events)
@@ -309,12 +315,13 @@ def load_version(directory: Path, objects_dims: list[int], events_dims: list[int
     ids = [v for s in segments for v in s.ids if v not in s.removed]
     if len(set(ids)) != len(ids):
         raise GalleryError(f"{where}: a video id is live in two segments")
-    return Version(segments, tuple(objects_dims), tuple(events_dims), params, codec)
+    return Version(segments, tuple(objects_dims), tuple(events_dims), params, codec, objects_dtype)
 
 
 def _segment(path: Path, sizes: dict[str, int], objects_dims: list[int], events_dims: list[int], video_encoder: str,
-             *, require_objects: bool, entry: dict | None = None) -> Segment:
-    """One segment's ids and fp16 store; `entry` (its gallery.json entry) gives the sizes, count and uid to check."""
+             *, require_objects: bool, objects_dtype: str, entry: dict | None = None) -> Segment:
+    """One segment's ids and store (events fp16, objects in `objects_dtype`); `entry` (its gallery.json entry) gives
+    the sizes, count and uid to check."""
     if entry is not None:
         try:
             size = (path / G.IDS_FILE).stat().st_size
@@ -345,6 +352,9 @@ def _segment(path: Path, sizes: dict[str, int], objects_dims: list[int], events_
         if name in arrays and list(arrays[name].shape) != expected[name]:
             raise GalleryError(f"{tensors_path}: {name} has shape {list(arrays[name].shape)}, expected "
                                f"{expected[name]} ({len(ids)} video ids)")
+    if "objects" in arrays and arrays["objects"].dtype != G.OBJECT_DTYPES[objects_dtype]:
+        raise GalleryError(f"{tensors_path}: objects are {G.SAFETENSORS_DTYPES.get(arrays['objects'].dtype)}, "
+                           f"gallery.json says objects_dtype {objects_dtype}: the file is from another build")
     return Segment(path, ids, arrays["events"], arrays.get("objects"))
 
 
