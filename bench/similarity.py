@@ -84,7 +84,7 @@ def run(videos: list[int], texts: list[int], limits: dict, work: Path, repeats: 
                             video_encoder=STAMP, objects_dims=VITB_DIMS[0], events_dims=VITB_DIMS[1], index=False,
                             objects_dtype=dtype, gate=False, progress=False)
             graph = similarity_graph(*VITB_DIMS, VITB["phrases"], version / "similarity.onnx")
-            scorer, _ = make_scorer(dtype, onnx_session(graph), 1.0)
+            scorer, _ = make_scorer(dtype, onnx_session(graph), 1.0, DEFAULT_BLOCK_ELEMENTS)
             engines[dtype] = GalleryEngine(load_version(version, *VITB_DIMS, STAMP), scorer, 1.0,
                                            DEFAULT_BLOCK_ELEMENTS)
         video = prost.VideoPrototypes(objects, events)

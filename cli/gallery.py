@@ -219,7 +219,8 @@ def open_engine(gallery: Path, export_dir: Path) -> tuple[GalleryEngine, ProstCo
     _, config, encoder = _export_facts(export_dir)
     objects_dims, events_dims = _dims(config)
     version = load_version(gallery, objects_dims, events_dims, encoder)
-    scorer, _ = make_scorer(version.objects_dtype, onnx_session(gallery / G.SIMILARITY_FILE), config.beta)
+    scorer, _ = make_scorer(version.objects_dtype, onnx_session(gallery / G.SIMILARITY_FILE), config.beta,
+                            DEFAULT_BLOCK_ELEMENTS)
     return GalleryEngine(version, scorer, config.beta, DEFAULT_BLOCK_ELEMENTS), config
 
 

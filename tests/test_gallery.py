@@ -74,7 +74,8 @@ def build(path: Path, prototypes, graph: bytes, **kwargs) -> Path:
 
 def engine(path: Path, scorer=None) -> GalleryEngine:
     version = S.load_version(path, OBJECTS, EVENTS, STAMP)
-    scorer = scorer or make_scorer(version.objects_dtype, onnx_session(path / G.SIMILARITY_FILE), 1.0)[0]
+    scorer = scorer or make_scorer(version.objects_dtype, onnx_session(path / G.SIMILARITY_FILE), 1.0,
+                                   DEFAULT_BLOCK_ELEMENTS)[0]
     return GalleryEngine(version, scorer, 1.0, DEFAULT_BLOCK_ELEMENTS)
 
 

@@ -115,7 +115,7 @@ def test_chunked_similarity_equals_unchunked():
 def test_similarity_outside_autograd_equals_autograd_path():
     """Eager fp32 scoring without gradients runs on numpy's BLAS; it equals the torch path that training takes (whose
     gradients still flow), and a traced graph keeps the torch ops rather than a numpy constant."""
-    text, video = random_prototypes(n_t=6, n_v=10, seed=3)
+    text, video = random_prototypes(n_t=64, n_v=10, seed=3)  # 320 phrase rows: over BLAS_MIN_ROWS
     with torch.no_grad():
         eager = object_phrase(text.phrases, video.objects)
     phrases = text.phrases.clone().requires_grad_(True)
@@ -123,7 +123,7 @@ def test_similarity_outside_autograd_equals_autograd_path():
     tracked.sum().backward()
     assert torch.allclose(eager, tracked.detach(), atol=1e-6) and phrases.grad.abs().sum() > 0
     traced = torch.jit.trace(object_phrase, (text.phrases, video.objects))
-    other_text, other_video = random_prototypes(n_t=6, n_v=10, seed=4)
+    other_text, other_video = random_prototypes(n_t=64, n_v=10, seed=4)
     assert torch.allclose(traced(other_text.phrases, other_video.objects),
                           object_phrase(other_text.phrases, other_video.objects), atol=1e-6)
 

@@ -49,8 +49,9 @@ class TritonPythonModel:
             raise ParameterError(f"{P.PHRASE_PROTOTYPES} dims {dims(config, P.PHRASE_PROTOTYPES)} do not match "
                                  f"{G.SIMILARITY_FILE} {graph[P.PHRASE_PROTOTYPES]}")
         version = load_version(directory, objects_dims, events_dims, param(params, P.VIDEO_ENCODER_PARAM))
-        scorer, scoring = make_scorer(version.objects_dtype, session, beta, threads)
-        self.engine = GalleryEngine(version, scorer, beta, param_int(params, K.BLOCK_ELEMENTS, minimum=1))
+        block = param_int(params, K.BLOCK_ELEMENTS, minimum=1)
+        scorer, scoring = make_scorer(version.objects_dtype, session, beta, block, threads)
+        self.engine = GalleryEngine(version, scorer, beta, block)
         self.encoded_ids = np.array([v.encode("utf-8") for v in self.engine.ids], dtype=np.object_)
         pb_utils.Logger.log_info(f"prost_gallery version {args['model_version']}: {self.engine.size} videos, "
                                  f"{self.engine.mode} search, scored by {scoring}")

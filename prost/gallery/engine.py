@@ -28,8 +28,8 @@ from prost_client import protocol as P
 
 class Scorer(Protocol):
     """S [T, c] of texts (phrases [T, Np, D], sentences [T, D]) against a block of videos (objects [c, L, No, D],
-    events [c, Ne, D], as stored or float32). `reads_in_place`: whether it scores the stored bytes without a copy,
-    so a block is bounded by its scores alone, not also by its prototypes."""
+    events [c, Ne, D], as stored or float32). `reads_in_place`: whether it scores the stored bytes without a copy and
+    bounds its own pair-score blocks, so the engine's block is bounded by S [T, c] alone."""
 
     reads_in_place: bool
 
@@ -67,25 +67,28 @@ class TorchBf16Scorer:
 
     reads_in_place = True
 
-    def __init__(self, beta: float, threads: int = 0) -> None:
-        """`threads` > 0 sets torch's intra-op threads (process-wide: each Triton instance is its own process)."""
+    def __init__(self, beta: float, block_elements: int, threads: int = 0) -> None:
+        """`block_elements` bounds the pair scores held at once; `threads` > 0 sets torch's intra-op threads
+        (process-wide: each Triton instance is its own process)."""
         import torch
 
-        from prost.model import similarity
+        from prost.model import prost, similarity
 
         if threads > 0:
             torch.set_num_threads(threads)
-        self.torch, self.similarity, self.beta = torch, similarity, beta
+        self.torch, self.prost, self.similarity = torch, prost, similarity
+        self.beta, self.block = beta, block_elements
 
     def __call__(self, phrases: np.ndarray, sentence: np.ndarray, objects: np.ndarray,
                  events: np.ndarray) -> np.ndarray:
-        torch, S = self.torch, self.similarity
+        torch, P = self.torch, self.prost
         with warnings.catch_warnings():  # the store is a read-only memory map; torch only reads it
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             stored = torch.from_numpy(np.asarray(objects).view(np.uint16)).view(torch.bfloat16)
-        s_op = S.object_phrase(torch.from_numpy(phrases).to(torch.bfloat16), stored)
-        s_es = S.event_sentence(torch.from_numpy(sentence), torch.from_numpy(np.asarray(events, np.float32)))
-        return S.combine(s_es, s_op, self.beta).total.numpy()
+            events = torch.from_numpy(np.asarray(events))
+        text = P.TextPrototypes(torch.from_numpy(phrases), torch.from_numpy(sentence))
+        return self.similarity.similarity(text, P.VideoPrototypes(stored, events), self.beta, self.block,
+                                          compute="bf16").total.numpy()
 
 
 def bf16_unavailable() -> str | None:
@@ -99,7 +102,7 @@ def bf16_unavailable() -> str | None:
     return None
 
 
-def make_scorer(objects_dtype: str, session, beta: float, threads: int = 0) -> tuple[Scorer, str]:
+def make_scorer(objects_dtype: str, session, beta: float, block_elements: int, threads: int = 0) -> tuple[Scorer, str]:
     """The scorer for a gallery whose objects are stored in `objects_dtype`, and a line saying which: torch's bf16
     GEMM for a bf16 store where it runs, else the similarity graph on ONNX Runtime (a bf16 store converted per
     block, with the reason)."""
@@ -107,7 +110,7 @@ def make_scorer(objects_dtype: str, session, beta: float, threads: int = 0) -> t
         return OnnxScorer(session, beta), "the similarity graph on ONNX Runtime"
     reason = bf16_unavailable()
     if reason is None:
-        return TorchBf16Scorer(beta, threads), "bf16 GEMM (torch) on the bf16 store"
+        return TorchBf16Scorer(beta, block_elements, threads), "bf16 GEMM (torch) on the bf16 store"
     return OnnxScorer(session, beta), f"the similarity graph on ONNX Runtime, bf16 store converted per block ({reason})"
 
 
@@ -162,19 +165,22 @@ class GalleryEngine:
         return Results(rows, scores, self.matched_frames(phrases, rows))
 
     # -- exact --------------------------------------------------------------------------------------------------
-    def _chunk(self, n_texts: int, n_phrases: int, n_objects_per_video: int, per_video_elements: int) -> int:
-        """Videos per scoring block: its [T, Np, L, No] score block, and its prototypes unless the scorer reads them
-        in place, within BLOCK_ELEMENTS."""
-        copied = 0 if self.scorer.reads_in_place else per_video_elements
-        return max(1, self.block // max(n_texts * n_phrases * n_objects_per_video, copied))
+    def _chunk(self, phrases: np.ndarray, objects: np.ndarray, events: np.ndarray) -> int:
+        """Videos per scoring block within BLOCK_ELEMENTS: for a scorer that reads the store in place (and blocks its
+        own pair scores), its scores S [T, c] and its float32 events; else its [T, Np, L, No] pair scores and its
+        prototypes."""
+        per_event = int(np.prod(events.shape[1:]))
+        if self.scorer.reads_in_place:
+            return max(1, self.block // max(len(phrases), per_event))
+        pairs = int(np.prod(phrases.shape[:2])) * int(np.prod(objects.shape[1:3]))
+        return max(1, self.block // max(pairs, int(np.prod(objects.shape[1:])) + per_event))
 
     def _exact(self, phrases, sentence, k):
         t = len(phrases)
         best_i, best_s = np.zeros((t, 0), np.int64), np.zeros((t, 0), np.float32)
         for segment, offset in zip(self.version.segments, self.offsets):
             objects, events = segment.objects, segment.events
-            chunk = self._chunk(t, phrases.shape[1], int(np.prod(objects.shape[1:3])),
-                                int(np.prod(objects.shape[1:])) + int(np.prod(events.shape[1:])))
+            chunk = self._chunk(phrases, objects, events)
             for v0 in range(0, len(segment.ids), chunk):
                 scores = self.scorer(phrases, sentence, objects[v0:v0 + chunk], events[v0:v0 + chunk])
                 rows = np.arange(offset + v0, offset + v0 + scores.shape[1])
@@ -274,8 +280,7 @@ class GalleryEngine:
     def _exact_rows(self, phrases, sentence, rows):
         """S [T, m] of the given ascending rows through the similarity graph, in blocks."""
         objects, events = self._take(rows, "objects"), self._take(rows, "events")
-        chunk = self._chunk(len(phrases), phrases.shape[1], int(np.prod(objects.shape[1:3])),
-                            int(np.prod(objects.shape[1:])) + int(np.prod(events.shape[1:])))
+        chunk = self._chunk(phrases, objects, events)
         return np.concatenate([self.scorer(phrases, sentence, objects[i:i + chunk], events[i:i + chunk])
                                for i in range(0, len(rows), chunk)], axis=1)
 

@@ -17,6 +17,9 @@ import torch.nn.functional as F
 DEFAULT_BLOCK_ELEMENTS = 1 << 20
 # Phrase rows per block (texts x Np): every video block streamed from memory is reused by this many rows of the GEMM.
 PHRASE_ROWS = 1024
+# Fewest phrase rows (texts x Np) whose fp32 GEMM goes to numpy's BLAS: a shorter one does not repay switching between
+# torch's and OpenBLAS's thread pools (bench/search.py in-process, one query at a time: p50 15 -> 19 ms without it).
+BLAS_MIN_ROWS = 256
 COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 class Similarity(NamedTuple):
@@ -45,7 +48,7 @@ def object_phrase(phrases: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
     """
     t, n_p, d = phrases.shape
     v, n_l, n_o, _ = objects.shape
-    if _on_numpy(phrases, objects):
+    if t * n_p >= BLAS_MIN_ROWS and _on_numpy(phrases, objects):
         sims = np.matmul(phrases.detach().numpy().reshape(t * n_p, d), objects.detach().numpy().reshape(-1, d).T)
         best = torch.from_numpy(sims.reshape(t, n_p, v, n_l, n_o).max(axis=1).max(axis=2))  # [T, V, No]
     else:
@@ -57,7 +60,7 @@ def object_phrase(phrases: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
 def _on_numpy(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether a float32 CPU product runs eagerly outside autograd, so numpy's BLAS (OpenBLAS) can take it: torch's is
     MKL, which runs its AVX-512 kernels only on Intel CPUs (OpenBLAS reached 2x its rate on AMD, bench/limits.py).
-    The block's maxes run in numpy too: switching between the two libraries' thread pools cost 3x."""
+    The block's maxes run in numpy too: switching thread pools between them cost 3x."""
     on_cpu = a.dtype == b.dtype == torch.float32 and a.device.type == b.device.type == "cpu"
     traced = torch.jit.is_tracing() or torch.compiler.is_compiling()
     return on_cpu and not traced and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
