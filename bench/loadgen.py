@@ -75,14 +75,16 @@ async def _one(call: Call, i: int, result: LoadResult) -> None:
     result.ok += 1
 
 
-async def closed_loop(call: Call, concurrency: int, seconds: float, max_requests: int = 10**7) -> LoadResult:
-    """`concurrency` callers, each sending its next request when the last one answered, for `seconds`."""
+async def closed_loop(call: Call, concurrency: int, seconds: float, max_requests: int = 10**7,
+                      until: Callable[[], bool] | None = None) -> LoadResult:
+    """`concurrency` callers, each sending its next request when the last one answered, for `seconds`, and past them
+    until `until()` is true when given (a load that must outlast some other work)."""
     result, counter = LoadResult(), iter(range(max_requests))
     deadline = time.monotonic() + seconds
 
     async def caller() -> None:
         for i in counter:
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline and (until is None or until()):
                 return
             await _one(call, i, result)
 

@@ -33,3 +33,17 @@ def test_both_loops_count_every_request_and_stop_in_time():
     opened = asyncio.run(open_loop(call, rate=200, seconds=0.25))
     assert opened.sent == 50 and opened.failed == 10 and opened.ok == 40
     assert opened.summary()["p50_ms"] >= 2.0
+
+
+def test_a_closed_loop_outlasts_the_work_it_waits_for():
+    """With `until`, the load runs past its seconds until the condition holds (the reliability suite's swap)."""
+    async def call(i: int) -> None:
+        await asyncio.sleep(0.002)
+
+    async def run():
+        done = []
+        asyncio.get_running_loop().call_later(0.4, done.append, True)
+        return await closed_loop(call, concurrency=2, seconds=0.1, until=lambda: bool(done))
+
+    result = asyncio.run(run())
+    assert result.seconds >= 0.4 and result.failed == 0
