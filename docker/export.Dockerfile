@@ -19,7 +19,7 @@ COPY docker/pip-install-missing.sh /usr/local/bin/
 RUN pip install --no-cache-dir --no-deps . \
     && pip-install-missing.sh "onnx==1.23.2" "ml_dtypes==0.5.4" "onnxruntime-gpu==1.31.1" "av==18.1.0" \
        "safetensors==0.8.0" "ftfy==6.3.1" "regex==2026.11.19" "tqdm==4.70.1" "matplotlib==3.11.2" "scipy==1.17.1" \
-       "pillow==13.0.0" "tritonclient[grpc]==2.73.0" \
+       "pillow==13.0.0" "threadpoolctl==3.6.0" "tritonclient[grpc]==2.73.0" \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin prost
 USER 10001
 ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh", "prost"]

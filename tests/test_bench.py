@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from prost.gallery.engine import bf16_unavailable
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -51,7 +53,8 @@ def test_make_bench_smoke_writes_report_targets_and_plots(tmp_path):
     assert {r["backend"] for r in report["encoders"]} == {"pytorch eager fp32", "onnxruntime fp32", "onnxruntime int8"}
     assert all(r["int8_min_cosine"] >= 0.99 for r in report["encoders"] if r["backend"] == "onnxruntime int8")
     methods = {r["method"] for r in report["similarity"]}
-    assert len(methods) == 5 and all(r["pairs_per_s"] > 0 for r in report["similarity"])
+    assert len(methods) == (5 if bf16_unavailable() is None else 4)  # the bf16 store needs torch's bf16 GEMM
+    assert all(r["pairs_per_s"] > 0 for r in report["similarity"])
     assert all(r["max_abs_diff"] < (5e-3 if r["dtype"] == "bf16" else 1e-4) for r in report["similarity"])
     assert {t["target"].split(",")[0] for t in report["targets"]} >= {"served single-query p50 <= 1.2x in-process"}
     assert all(isinstance(t["met"], bool) and t["runs"] == 2 for t in report["targets"])

@@ -112,12 +112,18 @@ def test_chunked_similarity_equals_unchunked():
             assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_similarity_outside_autograd_equals_autograd_path():
+def test_similarity_outside_autograd_equals_autograd_path(monkeypatch):
     """Eager fp32 scoring without gradients runs on numpy's BLAS; it equals the torch path that training takes (whose
     gradients still flow), and a traced graph keeps the torch ops rather than a numpy constant."""
+    import numpy as np
+
     text, video = random_prototypes(n_t=64, n_v=10, seed=3)  # 320 phrase rows: over BLAS_MIN_ROWS
+    calls = []
+    monkeypatch.setattr(np, "matmul", lambda *a, matmul=np.matmul: calls.append(1) or matmul(*a))
     with torch.no_grad():
         eager = object_phrase(text.phrases, video.objects)
+    assert calls, "the eager fp32 product did not run on numpy's BLAS"
+    monkeypatch.undo()
     phrases = text.phrases.clone().requires_grad_(True)
     tracked = object_phrase(phrases, video.objects)
     tracked.sum().backward()

@@ -39,11 +39,6 @@ class TritonPythonModel:
         session = ort_session(directory / G.SIMILARITY_FILE, threads)
         graph = {i.name: i.shape for i in session.get_inputs()}
         # The repository's graph takes the fp16 prototypes as they are stored; an uploaded export graph, float32.
-        if OnnxScorer(session, beta).takes_float32:
-            pb_utils.Logger.log_warn(
-                f"prost_gallery version {args['model_version']}: {G.SIMILARITY_FILE} takes float32 prototypes, so "
-                f"every search converts the fp16 gallery in numpy (several times slower); upload the graph of a built "
-                f"repository (prost_gallery/<N>/{G.SIMILARITY_FILE}) instead of the export's")
         objects_dims, events_dims = graph[P.OBJECT_PROTOTYPES][1:], graph[P.EVENT_PROTOTYPES][1:]
         if graph[P.PHRASE_PROTOTYPES][1:] != dims(config, P.PHRASE_PROTOTYPES):
             raise ParameterError(f"{P.PHRASE_PROTOTYPES} dims {dims(config, P.PHRASE_PROTOTYPES)} do not match "
@@ -51,6 +46,11 @@ class TritonPythonModel:
         version = load_version(directory, objects_dims, events_dims, param(params, P.VIDEO_ENCODER_PARAM))
         block = param_int(params, K.BLOCK_ELEMENTS, minimum=1)
         scorer, scoring = make_scorer(version.objects_dtype, session, beta, block, threads)
+        if isinstance(scorer, OnnxScorer) and scorer.takes_float32:
+            pb_utils.Logger.log_warn(
+                f"prost_gallery version {args['model_version']}: {G.SIMILARITY_FILE} takes float32 prototypes, so "
+                f"every search converts the stored gallery in numpy (several times slower); upload the graph of a "
+                f"built repository (prost_gallery/<N>/{G.SIMILARITY_FILE}) instead of the export's")
         self.engine = GalleryEngine(version, scorer, beta, block)
         self.encoded_ids = np.array([v.encode("utf-8") for v in self.engine.ids], dtype=np.object_)
         pb_utils.Logger.log_info(f"prost_gallery version {args['model_version']}: {self.engine.size} videos, "

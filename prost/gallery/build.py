@@ -29,7 +29,7 @@ IDS_KEY = "video_ids"  # prototypes-file metadata: JSON list of the ids, row ord
 CHECKPOINT_KEY = "checkpoint_sha256"  # prototypes-file metadata: the checkpoint that encoded them
 DEFAULT_CHUNK = 4096  # videos per streamed chunk
 # A bf16 object store must keep recall@10 >= BF16_GATE against fp32 on GATE_QUERIES queries over GATE_VIDEOS videos.
-BF16_GATE, GATE_QUERIES, GATE_VIDEOS, GATE_TOP_K = 0.99, 64, 5000, 10
+BF16_GATE, GATE_QUERIES, GATE_VIDEOS, GATE_TOP_K = 0.99, 64, 2000, 10
 
 
 class Prototypes(Protocol):
@@ -242,17 +242,19 @@ def build_version(out: Path, prototypes: Prototypes, *, video_encoder: str, obje
     `bf16_recall` passes BF16_GATE unless `gate` is False (benchmarks of random vectors)."""
     if objects_dtype not in G.OBJECT_DTYPES:
         raise GalleryError(f"objects dtype must be one of {', '.join(G.OBJECT_DTYPES)}, got {objects_dtype!r}")
+    check_prototypes(prototypes.video_ids, prototypes.objects, prototypes.events, source="prototypes")
+    _check_dims(prototypes, objects_dims, events_dims)
+    if index is None:
+        index = len(prototypes.video_ids) >= params.exact_below
+    if objects_dtype == "bf16" and index and not options.fp16_objects:
+        raise GalleryError("--objects-dtype bf16 sets the dtype of the object store, which --no-fp16-store leaves out")
     if objects_dtype == "bf16" and gate:
         recall = bf16_recall(prototypes)
         if recall < BF16_GATE:
             raise GalleryError(f"a bf16 object store keeps recall@{GATE_TOP_K} {recall:.3f} against fp32 on these "
                                f"prototypes, below the gate {BF16_GATE}: build with --objects-dtype fp16")
-    check_prototypes(prototypes.video_ids, prototypes.objects, prototypes.events, source="prototypes")
-    _check_dims(prototypes, objects_dims, events_dims)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if index is None:
-        index = len(prototypes.video_ids) >= params.exact_below
     codec, events_trained, description = None, None, None
     if index:
         objects_index, events_trained, description = train_index(prototypes, options, progress)

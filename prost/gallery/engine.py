@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from prost.gallery.ranking import merge_top_k
 from prost.gallery.store import SearchParams, Version, faiss_module
-from prost_client import protocol as P
+from prost_client import gallery_format as G, protocol as P
 
 
 class Scorer(Protocol):
@@ -72,23 +72,26 @@ class TorchBf16Scorer:
         (process-wide: each Triton instance is its own process)."""
         import torch
 
-        from prost.model import prost, similarity
-
         if threads > 0:
             torch.set_num_threads(threads)
-        self.torch, self.prost, self.similarity = torch, prost, similarity
+        # The store is a read-only memory map that torch only reads: its one-time warning would say otherwise.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
         self.beta, self.block = beta, block_elements
 
     def __call__(self, phrases: np.ndarray, sentence: np.ndarray, objects: np.ndarray,
                  events: np.ndarray) -> np.ndarray:
-        torch, P = self.torch, self.prost
-        with warnings.catch_warnings():  # the store is a read-only memory map; torch only reads it
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            stored = torch.from_numpy(np.asarray(objects).view(np.uint16)).view(torch.bfloat16)
-            events = torch.from_numpy(np.asarray(events))
-        text = P.TextPrototypes(torch.from_numpy(phrases), torch.from_numpy(sentence))
-        return self.similarity.similarity(text, P.VideoPrototypes(stored, events), self.beta, self.block,
-                                          compute="bf16").total.numpy()
+        import torch
+
+        from prost.model.prost import TextPrototypes, VideoPrototypes
+        from prost.model.similarity import similarity
+
+        objects = np.asarray(objects)
+        if objects.dtype != G.OBJECT_DTYPES["bf16"]:  # its bits are read as bf16: any other dtype would be garbage
+            raise TypeError(f"TorchBf16Scorer scores bf16 object stores, got {objects.dtype}")
+        stored = torch.from_numpy(objects.view(np.uint16)).view(torch.bfloat16)
+        text = TextPrototypes(torch.from_numpy(phrases), torch.from_numpy(sentence))
+        video = VideoPrototypes(stored, torch.from_numpy(np.asarray(events)))
+        return similarity(text, video, self.beta, self.block, compute="bf16").total.numpy()
 
 
 def bf16_unavailable() -> str | None:
@@ -102,7 +105,8 @@ def bf16_unavailable() -> str | None:
     return None
 
 
-def make_scorer(objects_dtype: str, session, beta: float, block_elements: int, threads: int = 0) -> tuple[Scorer, str]:
+def make_scorer(objects_dtype: str, session: Any, beta: float, block_elements: int,
+                threads: int = 0) -> tuple[Scorer, str]:
     """The scorer for a gallery whose objects are stored in `objects_dtype`, and a line saying which: torch's bf16
     GEMM for a bf16 store where it runs, else the similarity graph on ONNX Runtime (a bf16 store converted per
     block, with the reason)."""
@@ -167,11 +171,11 @@ class GalleryEngine:
     # -- exact --------------------------------------------------------------------------------------------------
     def _chunk(self, phrases: np.ndarray, objects: np.ndarray, events: np.ndarray) -> int:
         """Videos per scoring block within BLOCK_ELEMENTS: for a scorer that reads the store in place (and blocks its
-        own pair scores), its scores S [T, c] and its float32 events; else its [T, Np, L, No] pair scores and its
-        prototypes."""
+        own pair scores), its event scores [T, c, Ne] and its float32 events; else its [T, Np, L, No] pair scores and
+        its prototypes."""
         per_event = int(np.prod(events.shape[1:]))
-        if self.scorer.reads_in_place:
-            return max(1, self.block // max(len(phrases), per_event))
+        if self.scorer.reads_in_place:  # S_es's [T, c, Ne] too
+            return max(1, self.block // max(len(phrases) * events.shape[1], per_event))
         pairs = int(np.prod(phrases.shape[:2])) * int(np.prod(objects.shape[1:3]))
         return max(1, self.block // max(pairs, int(np.prod(objects.shape[1:])) + per_event))
 

@@ -354,7 +354,8 @@ def _segment(path: Path, sizes: dict[str, int], objects_dims: list[int], events_
                                f"{expected[name]} ({len(ids)} video ids)")
     if "objects" in arrays and arrays["objects"].dtype != G.OBJECT_DTYPES[objects_dtype]:
         raise GalleryError(f"{tensors_path}: objects are {G.SAFETENSORS_DTYPES.get(arrays['objects'].dtype)}, "
-                           f"gallery.json says objects_dtype {objects_dtype}: the file is from another build")
+                           f"expected {G.SAFETENSORS_DTYPES[G.OBJECT_DTYPES[objects_dtype]]} (objects_dtype "
+                           f"{objects_dtype}): the file is from another build")
     return Segment(path, ids, arrays["events"], arrays.get("objects"))
 
 

@@ -6,6 +6,7 @@ S_es(t, v) = max_k <s_t, e_vk>;  S_op(t, v) = mean_j max_{f, i} <p_ti, o_vfj>;  
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -63,7 +64,18 @@ def _on_numpy(a: torch.Tensor, b: torch.Tensor) -> bool:
     The block's maxes run in numpy too: switching thread pools between them cost 3x."""
     on_cpu = a.dtype == b.dtype == torch.float32 and a.device.type == b.device.type == "cpu"
     traced = torch.jit.is_tracing() or torch.compiler.is_compiling()
-    return on_cpu and not traced and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
+    eager = on_cpu and not traced and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
+    return eager and torch.get_num_threads() >= _numpy_blas_threads()  # fewer: the caller limited torch's threads
+
+
+@functools.cache
+def _numpy_blas_threads() -> int:
+    """Threads of numpy's BLAS pool, which torch.set_num_threads does not limit (so a caller that lowered torch's
+    threads keeps the torch path and its limit)."""
+    from threadpoolctl import threadpool_info
+
+    pools = [i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas" and "numpy" in i["filepath"]]
+    return max(pools, default=1)
 
 
 def combine(s_es: torch.Tensor, s_op: torch.Tensor, beta: float | torch.Tensor) -> Similarity:
