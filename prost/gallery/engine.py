@@ -254,13 +254,19 @@ class GalleryEngine:
         rows = np.concatenate(found) if found else np.zeros(0, np.int64)
         rows = rows[self.alive[rows]]
         if len(rows) > params.candidates:
-            centroids = self._take(rows, "coarse")  # [m, L * No]
-            s_op = best[centroids].reshape(len(rows), -1, self.num_objects).max(1).mean(-1)
+            n_l = self.slots // self.num_objects
+            s_op = best[self._coarse(rows)].reshape(n_l, self.num_objects, len(rows)).max(0).mean(0)
             rows = np.sort(rows[np.argpartition(-s_op, params.candidates - 1)[:params.candidates]])
         return rows
 
+    def _coarse(self, rows: np.ndarray) -> np.ndarray:
+        """Coarse centroid ids [L * No, m] of ascending gallery rows, slot-major (Segment.coarse)."""
+        seg = np.searchsorted(self.offsets, rows, side="right") - 1
+        return np.concatenate([self.version.segments[s].coarse[:, rows[seg == s] - self.offsets[s]]
+                               for s in np.unique(seg)], axis=1)
+
     def _take(self, rows: np.ndarray, name: str) -> np.ndarray:
-        """Rows (ascending) of one per-segment array ("events", "objects", "codes", "coarse"), in that order."""
+        """Rows (ascending) of one per-segment array ("events", "objects", "codes"), in that order."""
         if not len(rows):
             return np.asarray(getattr(self.version.segments[0], name)[:0])
         parts = []
@@ -277,8 +283,10 @@ class GalleryEngine:
     def _approximate(self, phrases, sentence, rows):
         """S_es from the stored events + beta * S_op from decoded object codes, for candidate rows [m]."""
         s_es = (self._take(rows, "events").astype(np.float32) @ sentence).max(-1)
-        sims = self.decoded_objects(rows) @ phrases.T  # [m, L * No, Np]
-        s_op = sims.max(-1).reshape(len(rows), -1, self.num_objects).max(1).mean(-1)
+        objects = self.decoded_objects(rows)
+        best = (phrases @ objects.reshape(-1, objects.shape[-1]).T).max(0)  # [m * L * No]: each object's best phrase
+        by_frame = best.reshape(len(rows), -1, self.num_objects).transpose(1, 0, 2)  # [L, m, No]: max over long rows
+        s_op = np.maximum.reduce(by_frame, axis=0).mean(-1)
         return s_es + self.beta * s_op
 
     def _exact_rows(self, phrases, sentence, rows):
