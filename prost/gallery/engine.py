@@ -29,7 +29,7 @@ from prost_client import gallery_format as G, protocol as P
 class Scorer(Protocol):
     """S [T, c] of texts (phrases [T, Np, D], sentences [T, D]) against a block of videos (objects [c, L, No, D],
     events [c, Ne, D], as stored or float32). `reads_in_place`: whether it scores the stored bytes without a copy and
-    bounds its own pair-score blocks, so the engine's block is bounded by S [T, c] alone."""
+    bounds its own pair-score blocks, so the engine's block bounds only S_es [T, c, Ne] and the float32 events."""
 
     reads_in_place: bool
 
