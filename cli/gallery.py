@@ -61,7 +61,6 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
                            help="search parameter stored with the version (README: Large galleries)")
     build.add_argument("--objects-lists", type=int, default=0, help="coarse centroids of object vectors (0: about "
                        "the square root of the object vectors, a power of two)")
-    build.add_argument("--events-lists", type=int, default=0, help="IVF lists of event vectors (0: likewise)")
     build.add_argument("--pq-bytes", type=int, default=0, help="PQ bytes per object vector (0: D / 8)")
     build.add_argument("--train-videos", type=int, default=B.IndexOptions.train_videos,
                        help="videos sampled to train the quantisers")
@@ -82,8 +81,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     search.add_argument("--top-k", type=int, default=int(P.DEFAULT_TOP_K), help="results per text")
     search.add_argument("--mode", choices=("auto", "exact", "two-stage"), default="auto",
                         help="auto: the version's choice by size")
-    for name in ("nprobe", "candidates", "rerank"):
-        search.add_argument(f"--{name}", type=int, help=f"override the version's {name}")
+    for name in ("nprobe", "candidates", "rerank", "events_refine"):
+        search.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"override the version's {name}")
     search.add_argument("--json", action="store_true", help="print JSON")
     search.set_defaults(func=_search)
 
@@ -133,7 +132,7 @@ def _build(args: argparse.Namespace) -> int:
     if prototypes is None and not args.incremental:
         raise GalleryError("a full build needs --prototypes")
     params = SearchParams(**{f.name: getattr(args, f.name) for f in fields(SearchParams)})
-    options = B.IndexOptions(objects_lists=args.objects_lists, events_lists=args.events_lists, pq_bytes=args.pq_bytes,
+    options = B.IndexOptions(objects_lists=args.objects_lists, pq_bytes=args.pq_bytes,
                              train_videos=args.train_videos, fp16_objects=not args.no_fp16_store, seed=args.seed)
     index = {"auto": None, "yes": True, "no": False}[args.index]
     graph = with_float16_inputs(args.export / graph_specs(config)["similarity"].onnx_file,
@@ -232,7 +231,8 @@ def _search(args: argparse.Namespace) -> int:
     phrases, sentence = text.run([P.PHRASE_PROTOTYPES, P.SENTENCE_EMBEDDING],
                                  {P.TOKEN_IDS: tokenize(args.texts, config.max_words).astype(np.int32)})
     mode = None if args.mode == "auto" else args.mode
-    params = with_overrides(engine.version.params, nprobe=args.nprobe, candidates=args.candidates, rerank=args.rerank)
+    params = with_overrides(engine.version.params, nprobe=args.nprobe, candidates=args.candidates, rerank=args.rerank,
+                            events_refine=args.events_refine)
     started = time.perf_counter()
     found = engine.search(phrases, sentence, args.top_k, params=params, mode=mode)
     elapsed = time.perf_counter() - started

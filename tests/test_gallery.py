@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from prost.errors import GalleryError
+from prost.fileio import sha256_file
 from prost.gallery import build as B
 from prost.gallery import store as S
-from prost.gallery.distractors import Grown
+from prost.gallery.distractors import Grown, RandomUnit, unit
 from prost.gallery.engine import GalleryEngine, OnnxScorer, TorchBf16Scorer, bf16_unavailable, make_scorer
 from prost.model.similarity import DEFAULT_BLOCK_ELEMENTS
 from prost_client import errors
@@ -118,6 +119,53 @@ def test_default_parameters_meet_the_recall_target_at_20k_videos(trained, graph,
     assert gallery.mode == "two-stage"  # 20k reaches the default exact_below
     exact = gallery.search(phrases, sentence, 10, mode="exact").rows
     assert recall_at(exact, gallery.search(phrases, sentence, 10).rows) >= 0.99
+
+
+@pytest.fixture(scope="module")
+def random_version(graph, tmp_path_factory):
+    """3,000 videos of independent random unit vectors at the tiny preset's dims (no clusters for an index to use),
+    two-stage at every size, and 40 random texts."""
+    version = build(tmp_path_factory.mktemp("random") / "v", RandomUnit(3000, tuple(OBJECTS), tuple(EVENTS), seed=4),
+                    graph, index=True, params=S.SearchParams(exact_below=1, nprobe=2, candidates=64, rerank=64))
+    rng = np.random.default_rng(5)
+    return version, unit(rng.standard_normal((40, 8, EVENTS[-1]), np.float32)), \
+        unit(rng.standard_normal((40, EVENTS[-1]), np.float32))
+
+
+def test_random_vectors_keep_recall_with_a_small_candidate_budget(random_version):
+    """The events source scans every event's fast-scan code and re-scores the best from the store, so it needs no
+    clusters: 64 candidates of 3,000 random videos find the exact top 10 (an IVF events index probing 2 of its 128
+    lists found 0.19 of them)."""
+    version, phrases, sentence = random_version
+    gallery = engine(version)
+    exact = gallery.search(phrases, sentence, 10, mode="exact").rows
+    assert recall_at(exact, gallery.search(phrases, sentence, 10).rows) >= 0.98
+
+
+def test_an_older_version_with_an_ivf_events_index_still_searches(random_version, tmp_path):
+    """Versions built before the fast-scan events index hold an IVF-SQ8 one; they load, and their S_es candidates
+    come from its `nprobe` lists: probing all of them finds what the fast-scan index finds."""
+    version, phrases, sentence = random_version
+    older = tmp_path / "older"
+    shutil.copytree(version, older)
+    faiss = S.faiss_module()
+    events = np.asarray(RandomUnit(3000, tuple(OBJECTS), tuple(EVENTS), seed=4).events[:], np.float32)
+    trained = faiss.index_factory(EVENTS[-1], "IVF16,SQ8", faiss.METRIC_INNER_PRODUCT)
+    trained.train(events.reshape(-1, EVENTS[-1]))
+    filled = faiss.clone_index(trained)
+    filled.add(events.reshape(-1, EVENTS[-1]))
+    manifest = json.loads((older / S.GALLERY_FILE).read_text())
+    segment = manifest["segments"][0]
+    for index, name, files in ((trained, S.TRAINED_EVENTS, manifest["index"]["files"]),
+                               (filled, f"{segment['dir']}/{S.EVENTS_INDEX}", segment["files"])):
+        faiss.write_index(index, str(older / name))
+        files[Path(name).name if files is segment["files"] else name] = (older / name).stat().st_size
+    segment["events_sha256"] = sha256_file(older / segment["dir"] / S.EVENTS_INDEX)
+    (older / S.GALLERY_FILE).write_text(json.dumps(manifest))
+    assert S.faiss_module().try_extract_index_ivf(engine(older).version.segments[0].events_index) is not None
+    every_list = S.SearchParams(exact_below=1, nprobe=16, candidates=64, rerank=64)
+    np.testing.assert_array_equal(engine(older).search(phrases, sentence, 10, params=every_list).rows,
+                                  engine(version).search(phrases, sentence, 10, params=every_list).rows)
 
 
 @pytest.fixture(scope="module")

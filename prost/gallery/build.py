@@ -3,7 +3,8 @@ quantiser training sample, never by the gallery; incremental versions hard-link 
 
 The two-stage index is trained once, on a sample (`train_videos`): an IVF-PQ codec for object vectors (coarse
 centroids + PQ residual codes, ColBERTv2's compression; codes are stored per video, and each coarse centroid lists
-the videos with an object in it) and an IVF-SQ8 index of event vectors. Segments added later are encoded with the
+the videos with an object in it) and a fast-scan PQ index of event vectors (4-bit codes of 2 dimensions each,
+scanned exhaustively: no clustering to miss the best events on data without clusters). Segments added later are encoded with the
 same trained quantisers.
 """
 
@@ -56,7 +57,6 @@ class IndexOptions:
     """How the two-stage index is trained; 0 picks the default from the gallery's size and dims."""
 
     objects_lists: int = 0  # IVF lists of object vectors (default: a power of two near sqrt(vectors))
-    events_lists: int = 0  # IVF lists of event vectors (likewise)
     pq_bytes: int = 0  # PQ bytes per object vector (default D / 8: 16 at D 128, 64 at D 512)
     train_videos: int = 20_000  # videos sampled to train the quantisers
     fp16_objects: bool = True  # keep the fp16 object store (the final stage's exact scores)
@@ -106,7 +106,7 @@ def _lists(vectors: int, train_vectors: int) -> int:
 
 
 def train_index(prototypes: Prototypes, options: IndexOptions, progress: bool = True) -> tuple[Any, Any, dict]:
-    """Trained, empty objects (IVF-PQ) and events (IVF-SQ8) indexes from a sample of the prototypes, and their
+    """Trained, empty objects (IVF-PQ) and events (fast-scan PQ) indexes from a sample of the prototypes, and their
     description for gallery.json."""
     faiss = S.faiss_module()
     n = len(prototypes.video_ids)
@@ -121,19 +121,22 @@ def train_index(prototypes: Prototypes, options: IndexOptions, progress: bool = 
     pq = options.pq_bytes or max(1, d // 8)
     if d % pq:
         raise GalleryError(f"--pq-bytes {pq} must divide the prototype dimension {d}")
+    if d % 2:
+        raise GalleryError(f"the events index codes 2 dimensions per 4-bit code; the prototype dimension {d} is odd")
     objects_lists = options.objects_lists or _lists(n * n_l * n_o, len(objects))
-    events_lists = options.events_lists or _lists(n * n_e, len(events))
-    description = {"objects_factory": f"IVF{objects_lists},PQ{pq}", "events_factory": f"IVF{events_lists},SQ8",
+    description = {"objects_factory": f"IVF{objects_lists},PQ{pq}", "events_factory": f"PQ{d // 2}x4fs",
                    "train_videos": len(rows), "fp16_objects": options.fp16_objects, "seed": options.seed}
     trained = []
     for factory, sample in ((description["objects_factory"], objects), (description["events_factory"], events)):
         if progress:
             print(f"training {factory} on {len(sample):,} vectors", flush=True)
         index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
-        ivf.cp.seed = options.seed
-        if hasattr(ivf, "do_polysemous_training"):  # on by default; we never search by Hamming (20x the train time)
-            ivf.do_polysemous_training = False
+        if factory.startswith("IVF"):
+            ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+            ivf.cp.seed = options.seed
+            ivf.do_polysemous_training = False  # on by default; we never search by Hamming (20x the train time)
+        else:
+            index.pq.cp.seed = options.seed
         index.train(sample)
         trained.append(index)
     return trained[0], trained[1], description

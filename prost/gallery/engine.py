@@ -2,8 +2,9 @@
 
 Exact mode scores every video with the exported similarity graph over blocks of the memory-mapped fp16 store (as the
 gallery always did). Two-stage mode, for versions with an index and at least `exact_below` videos:
-  1. candidates: the `candidates` best videos by S_es from the events index (a maximum inner product over each
-     video's Ne event vectors, ids deduplicated), united with the `candidates` best by centroid interaction among
+  1. candidates: the `candidates` best videos by S_es (a maximum inner product over each video's Ne event vectors):
+     an exhaustive fast-scan of 4-bit PQ codes proposes `events_refine` times as many event vectors, re-scored exactly
+     from the stored events, ids deduplicated; united with the `candidates` best by centroid interaction among
      the videos listed under the `nprobe` object centroids nearest to the phrases (PLAID), so videos that win on
      objects are not lost;
   2. approximate S = S_es (exact, from the stored events) + beta * S_op from the object codes (IVF coarse centroid +
@@ -217,24 +218,36 @@ class GalleryEngine:
 
     def _candidates(self, phrases, sentence, params: SearchParams) -> list[np.ndarray]:
         """Sorted gallery rows per text: the union of both candidate sources, removed ids left out."""
-        t = len(phrases)
         if params.candidates >= self.size:  # exhaustive
-            return [np.flatnonzero(self.alive)] * t
-        search = faiss_module().SearchParametersIVF(nprobe=params.nprobe)
-        by_events: list[list[np.ndarray]] = [[] for _ in range(t)]
+            return [np.flatnonzero(self.alive)] * len(phrases)
+        by_events = self._by_events(sentence, params)
+        return [np.union1d(events[self.alive[events]], self._by_objects(phrases[i], params))
+                for i, events in enumerate(by_events)]
+
+    def _by_events(self, sentence: np.ndarray, params: SearchParams) -> list[np.ndarray]:
+        """Per text, each segment's `candidates` best videos by S_es: the events index proposes `events_refine`
+        event vectors per wanted one (fast-scan codes, exhaustively), re-scored exactly from the stored events.
+        An older version's IVF index is searched over `nprobe` lists instead."""
+        found_rows: list[list[np.ndarray]] = [[] for _ in range(len(sentence))]
         n_e = self.num_events
         for segment, offset in zip(self.version.segments, self.offsets):
             n = len(segment.ids)
-            if n:
-                wanted = (params.candidates + len(segment.removed)) * n_e  # removed videos take no place
-                _, found = segment.events_index.search(sentence, min(wanted, n * n_e), params=search)
-                for i in range(t):
-                    by_events[i].append(found[i][found[i] >= 0] // n_e + offset)
-        rows = []
-        for i in range(t):
-            events = np.unique(np.concatenate(by_events[i])) if by_events[i] else np.zeros(0, np.int64)
-            rows.append(np.union1d(events[self.alive[events]], self._by_objects(phrases[i], params)))
-        return rows
+            if not n:
+                continue
+            keep = params.candidates + len(segment.removed)  # removed videos take no place
+            index = segment.events_index
+            if faiss_module().try_extract_index_ivf(index) is not None:
+                _, found = index.search(sentence, min(keep * n_e, n * n_e),
+                                        params=faiss_module().SearchParametersIVF(nprobe=params.nprobe))
+            else:
+                _, found = index.search(sentence, min(keep * n_e * params.events_refine, n * n_e))
+            for i in range(len(sentence)):
+                rows = np.unique(found[i][found[i] >= 0] // n_e)
+                if len(rows) > keep:
+                    s_es = (np.asarray(segment.events[rows], np.float32) @ sentence[i]).max(-1)
+                    rows = np.sort(rows[np.argpartition(-s_es, keep - 1)[:keep]])
+                found_rows[i].append(rows + offset)
+        return [np.concatenate(rows) if rows else np.zeros(0, np.int64) for rows in found_rows]
 
     def _by_objects(self, phrases: np.ndarray, params: SearchParams) -> np.ndarray:
         """PLAID's candidate generation for S_op: the videos listed under each phrase's `nprobe` nearest coarse

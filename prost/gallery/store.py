@@ -6,7 +6,9 @@ gallery.safetensors + video_ids.json) or this layout, which `prost gallery build
   gallery.json                  GALLERY_FILE: format, video encoder, dims, segments (with their file sizes and the
                                 ids a later version removed), the trained index (or null: exact only) and the search
                                 parameters
-  index/events.trained.faiss    trained, empty IVF-SQ8 index of event vectors (new segments are added to copies)
+  index/events.trained.faiss    trained, empty fast-scan PQ index of event vectors (4-bit codes of 2 dimensions,
+                                searched exhaustively); new segments are added to copies. Versions built before
+                                it hold an IVF-SQ8 index here, still searched (with `nprobe` lists)
   index/objects.trained.faiss   trained, empty IVF-PQ index of object vectors: the codec of their codes (coarse
                                 centroid id + PQ residual, ColBERTv2's layout)
   seg-NNNNNN/video_ids.json     the segment's ids, in row order
@@ -55,8 +57,9 @@ class SearchParams:
     """Parameters of a gallery version's search (gallery.json "search"); README: Gallery engine."""
 
     exact_below: int = 20_000  # galleries with fewer videos are scored exactly
-    nprobe: int = 16  # lists probed: of the events index, and per phrase of the object centroids (their videos)
+    nprobe: int = 16  # object centroids probed per phrase (their videos); and the lists of an older IVF events index
     candidates: int = 512  # videos from each candidate source: S_es (events index) and S_op (centroid interaction)
+    events_refine: int = 4  # event vectors the fast-scan codes propose per wanted one, re-scored from the fp16 store
     rerank: int = 256  # best approximate videos scored exactly (the fp16 store) for the final top-k
 
     def __post_init__(self) -> None:
@@ -228,12 +231,16 @@ def read_index(path: Path, expect_size: int, ntotal: int, dim: int, like: Any = 
 
 
 def same_quantizer(a: Any, b: Any) -> bool:
-    """Whether two IVF indexes share their coarse centroids and code layout."""
+    """Whether two indexes share their trained quantisers (an IVF's coarse centroids, PQ codebooks) and code layout."""
     faiss = faiss_module()
-    ia, ib = faiss.extract_index_ivf(a), faiss.extract_index_ivf(b)
-    if ia.nlist != ib.nlist or ia.code_size != ib.code_size:
+    if type(a) is not type(b) or a.d != b.d or a.sa_code_size() != b.sa_code_size():
         return False
-    return np.array_equal(ia.quantizer.reconstruct_n(0, ia.nlist), ib.quantizer.reconstruct_n(0, ib.nlist))
+    ia, ib = faiss.try_extract_index_ivf(a), faiss.try_extract_index_ivf(b)
+    if ia is not None and (ia.nlist != ib.nlist or not np.array_equal(ia.quantizer.reconstruct_n(0, ia.nlist),
+                                                                       ib.quantizer.reconstruct_n(0, ib.nlist))):
+        return False
+    pa, pb = (getattr(faiss.downcast_index(x) if x is not None else y, "pq", None) for x, y in ((ia, a), (ib, b)))
+    return pa is None or np.array_equal(faiss.vector_to_array(pa.centroids), faiss.vector_to_array(pb.centroids))
 
 
 def read_manifest(directory: Path) -> dict | None:
