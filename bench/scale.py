@@ -31,7 +31,7 @@ import numpy as np
 
 from prost.gallery import build as B
 from prost.gallery.distractors import Grown, RandomUnit, unit
-from prost.gallery.engine import GalleryEngine, OnnxScorer
+from prost.gallery.engine import GalleryEngine, OnnxScorer, similarity_session
 from prost.gallery import store as S
 from prost.gallery.store import SearchParams, load_version
 from prost.model.similarity import DEFAULT_BLOCK_ELEMENTS
@@ -81,11 +81,9 @@ def probe(args: argparse.Namespace) -> None:
 
     faiss.omp_set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    from prost_export.parity import onnx_session
-
     started = time.perf_counter()
     version = load_version(args.probe, *json.loads(args.dims), STAMP)
-    session = onnx_session(args.probe / "similarity.onnx")
+    session = similarity_session(args.probe / "similarity.onnx")
     engine = GalleryEngine(version, OnnxScorer(session, 1.0), 1.0, DEFAULT_BLOCK_ELEMENTS)
     load_s = time.perf_counter() - started
     q = np.load(args.queries_file)
@@ -129,9 +127,7 @@ def run_probe(version: Path, dims, phrases, sentence, sweep, threads: int, work:
 
 def exact_top(version: Path, dims, phrases, sentence) -> np.ndarray:
     """Exact top-k gallery rows per query (the engine's exact mode over the fp16 store)."""
-    from prost_export.parity import onnx_session
-
-    scorer = OnnxScorer(onnx_session(version / "similarity.onnx"), 1.0)
+    scorer = OnnxScorer(similarity_session(version / "similarity.onnx"), 1.0)
     engine = GalleryEngine(load_version(version, *dims, STAMP), scorer, 1.0, DEFAULT_BLOCK_ELEMENTS)
     return np.concatenate([engine.search(phrases[i:i + 64], sentence[i:i + 64], TOP_K, mode="exact").rows
                            for i in range(0, len(phrases), 64)])

@@ -27,11 +27,10 @@ from scale import STAMP, VITB, VITB_DIMS, similarity_graph  # noqa: E402
 
 import prost  # noqa: E402
 from prost.gallery import build as B  # noqa: E402
-from prost.gallery.engine import GalleryEngine, bf16_unavailable, make_scorer  # noqa: E402
+from prost.gallery.engine import GalleryEngine, bf16_unavailable, make_scorer, similarity_session  # noqa: E402
 from prost.gallery.store import load_version  # noqa: E402
 from prost.model.similarity import DEFAULT_BLOCK_ELEMENTS, l2_normalize  # noqa: E402
 from prost_client import gallery_format as G  # noqa: E402
-from prost_export.parity import onnx_session  # noqa: E402
 
 OFFICIAL_VIDEO_CHUNK, OFFICIAL_TEXT_CHUNK = 250, 32
 TOP_K = 10
@@ -85,7 +84,7 @@ def run(videos: list[int], texts: list[int], limits: dict, work: Path, repeats: 
                             video_encoder=STAMP, objects_dims=VITB_DIMS[0], events_dims=VITB_DIMS[1], index=False,
                             objects_dtype=dtype, gate=False, progress=False)
             graph = similarity_graph(*VITB_DIMS, VITB["phrases"], version / "similarity.onnx")
-            scorer, _ = make_scorer(dtype, onnx_session(graph), 1.0, DEFAULT_BLOCK_ELEMENTS)
+            scorer, _ = make_scorer(dtype, similarity_session(graph), 1.0, DEFAULT_BLOCK_ELEMENTS)
             engines[dtype] = GalleryEngine(load_version(version, *VITB_DIMS, STAMP), scorer, 1.0,
                                            DEFAULT_BLOCK_ELEMENTS)
         video = prost.VideoPrototypes(objects, events)

@@ -16,7 +16,7 @@ from prost.config import ProstConfig
 from prost.errors import GalleryError, PathError
 from prost.fileio import check_writable
 from prost.gallery import build as B
-from prost.gallery.engine import GalleryEngine, make_scorer, with_overrides
+from prost.gallery.engine import GalleryEngine, make_scorer, similarity_session, with_overrides
 from prost.gallery.store import SearchParams, load_version
 from prost.model.similarity import DEFAULT_BLOCK_ELEMENTS
 from prost_client import gallery_format as G, protocol as P
@@ -218,7 +218,7 @@ def open_engine(gallery: Path, export_dir: Path) -> tuple[GalleryEngine, ProstCo
     _, config, encoder = _export_facts(export_dir)
     objects_dims, events_dims = _dims(config)
     version = load_version(gallery, objects_dims, events_dims, encoder)
-    scorer, _ = make_scorer(version.objects_dtype, onnx_session(gallery / G.SIMILARITY_FILE), config.beta,
+    scorer, _ = make_scorer(version.objects_dtype, similarity_session(gallery / G.SIMILARITY_FILE), config.beta,
                             DEFAULT_BLOCK_ELEMENTS)
     return GalleryEngine(version, scorer, config.beta, DEFAULT_BLOCK_ELEMENTS), config
 

@@ -18,11 +18,11 @@ from prost.fileio import sha256_file
 from prost.gallery import build as B
 from prost.gallery import store as S
 from prost.gallery.distractors import Grown, RandomUnit, unit
-from prost.gallery.engine import GalleryEngine, OnnxScorer, TorchBf16Scorer, bf16_unavailable, make_scorer
+from prost.gallery.engine import GalleryEngine, OnnxScorer, TorchBf16Scorer, bf16_unavailable, make_scorer, \
+    similarity_session
 from prost.model.similarity import DEFAULT_BLOCK_ELEMENTS
 from prost_client import errors
 from prost_client import gallery_format as G, protocol as P
-from prost_export.parity import onnx_session
 from prost_model_repository.graph_rewrite import with_float16_inputs
 
 STAMP = "0" * 64
@@ -75,7 +75,7 @@ def build(path: Path, prototypes, graph: bytes, **kwargs) -> Path:
 
 def engine(path: Path, scorer=None) -> GalleryEngine:
     version = S.load_version(path, OBJECTS, EVENTS, STAMP)
-    scorer = scorer or make_scorer(version.objects_dtype, onnx_session(path / G.SIMILARITY_FILE), 1.0,
+    scorer = scorer or make_scorer(version.objects_dtype, similarity_session(path / G.SIMILARITY_FILE), 1.0,
                                    DEFAULT_BLOCK_ELEMENTS)[0]
     return GalleryEngine(version, scorer, 1.0, DEFAULT_BLOCK_ELEMENTS)
 
@@ -140,6 +140,22 @@ def test_random_vectors_keep_recall_with_a_small_candidate_budget(random_version
     gallery = engine(version)
     exact = gallery.search(phrases, sentence, 10, mode="exact").rows
     assert recall_at(exact, gallery.search(phrases, sentence, 10).rows) >= 0.98
+
+
+def test_centroid_interaction_split_across_threads_ranks_as_one_thread(random_version, monkeypatch):
+    """Centroid interaction splits its rows across the engine's threads (pieces of SPLIT_ROWS, lowered here so 3,000
+    videos split); the pieces are gathered back in row order, so the ranking is a single thread's."""
+    import prost.gallery.engine as E
+
+    version, phrases, sentence = random_version
+    monkeypatch.setattr(E, "SPLIT_ROWS", 100)
+    one, three = (GalleryEngine(S.load_version(version, OBJECTS, EVENTS, STAMP),
+                                OnnxScorer(similarity_session(version / G.SIMILARITY_FILE), 1.0), 1.0,
+                                DEFAULT_BLOCK_ELEMENTS, threads) for threads in (1, 3))
+    rows = np.arange(0, 3000, 2)
+    best = np.random.default_rng(0).random(len(one.version.codec.centroids), np.float32)
+    np.testing.assert_array_equal(three._centroid_interaction(best, rows), one._centroid_interaction(best, rows))
+    np.testing.assert_array_equal(three.search(phrases, sentence, 10).rows, one.search(phrases, sentence, 10).rows)
 
 
 def test_an_older_version_with_an_ivf_events_index_still_searches(random_version, tmp_path):
@@ -211,7 +227,7 @@ def test_onnx_runtime_scores_a_bf16_store_where_torch_cannot(trained, bf16_store
     _, phrases, sentence = trained
     half, brain = bf16_stores
     monkeypatch.setattr(E, "bf16_unavailable", lambda: "this CPU has neither AVX-512 BF16 nor AMX")
-    scorer, how = make_scorer("bf16", onnx_session(brain / G.SIMILARITY_FILE), 1.0, DEFAULT_BLOCK_ELEMENTS)
+    scorer, how = make_scorer("bf16", similarity_session(brain / G.SIMILARITY_FILE), 1.0, DEFAULT_BLOCK_ELEMENTS)
     assert isinstance(scorer, OnnxScorer) and "converted per block (this CPU has neither" in how
     reference = engine(half).search(phrases, sentence, 10)
     found = engine(brain, scorer).search(phrases, sentence, 10)

@@ -16,12 +16,12 @@ naming the file: that version does not load and the previous one keeps serving.
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from prost.gallery.engine import GalleryEngine, OnnxScorer, make_scorer
+from prost.gallery.engine import GalleryEngine, OnnxScorer, make_scorer, similarity_session
 from prost.gallery.store import load_version
 from prost_client import gallery_format as G, protocol as P
 from prost_model_repository import param_keys as K
 from prost_model_repository.busy import marks_busy
-from prost_model_repository.utils import ParameterError, dims, internal, invalid, model_config, ort_session
+from prost_model_repository.utils import ParameterError, dims, internal, invalid, model_config
 from prost_model_repository.utils import param, param_float, param_int, parameters, version_dir
 
 
@@ -36,7 +36,7 @@ class TritonPythonModel:
             raise ParameterError(f"{K.DEFAULT_TOP_K}={self.default_top_k} exceeds {K.MAX_TOP_K}={self.max_top_k}")
         directory = version_dir(args)
         threads = param_int(params, K.INTRA_OP_THREADS, 0)
-        session = ort_session(directory / G.SIMILARITY_FILE, threads)
+        session = similarity_session(directory / G.SIMILARITY_FILE, threads)
         graph = {i.name: i.shape for i in session.get_inputs()}
         # The repository's graph takes the fp16 prototypes as they are stored; an uploaded export graph, float32.
         objects_dims, events_dims = graph[P.OBJECT_PROTOTYPES][1:], graph[P.EVENT_PROTOTYPES][1:]
@@ -51,7 +51,7 @@ class TritonPythonModel:
                 f"prost_gallery version {args['model_version']}: {G.SIMILARITY_FILE} takes float32 prototypes, so "
                 f"every search converts the stored gallery in numpy (several times slower); upload the graph of a "
                 f"built repository (prost_gallery/<N>/{G.SIMILARITY_FILE}) instead of the export's")
-        self.engine = GalleryEngine(version, scorer, beta, block)
+        self.engine = GalleryEngine(version, scorer, beta, block, threads)
         self.encoded_ids = np.array([v.encode("utf-8") for v in self.engine.ids], dtype=np.object_)
         pb_utils.Logger.log_info(f"prost_gallery version {args['model_version']}: {self.engine.size} videos, "
                                  f"{self.engine.mode} search, scored by {scoring}")

@@ -16,15 +16,21 @@ Removed ids (incremental publishing) never appear in results. Ties go to the low
 
 from __future__ import annotations
 
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from prost.errors import DependencyError, GalleryError
 from prost.gallery.ranking import merge_top_k
 from prost.gallery.store import SearchParams, Version, faiss_module
 from prost_client import gallery_format as G, protocol as P
+
+SPLIT_ROWS = 32_768  # centroid interaction splits its rows across threads in pieces of at least this many
 
 
 class Scorer(Protocol):
@@ -106,6 +112,24 @@ def bf16_unavailable() -> str | None:
     return None
 
 
+def similarity_session(path: Path, threads: int = 0) -> Any:
+    """A CPU ONNX Runtime session of a gallery's similarity graph whose threads sleep between runs: spinning, they
+    took a core from centroid interaction's threads and doubled its time at 1M videos. `threads` 0: ORT's default."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise DependencyError("onnxruntime is not installed; `pip install prost-serve`") from exc
+    if not Path(path).is_file():
+        raise GalleryError(f"{path} does not exist: a gallery version holds its similarity graph")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session.disable_fallback()
+    return session
+
+
 def make_scorer(objects_dtype: str, session: Any, beta: float, block_elements: int,
                 threads: int = 0) -> tuple[Scorer, str]:
     """The scorer for a gallery whose objects are stored in `objects_dtype`, and a line saying which: torch's bf16
@@ -131,10 +155,13 @@ class Results:
 class GalleryEngine:
     """Search over one loaded gallery Version; `search` is the only entry point."""
 
-    def __init__(self, version: Version, scorer: Scorer, beta: float, block_elements: int) -> None:
+    def __init__(self, version: Version, scorer: Scorer, beta: float, block_elements: int, threads: int = 0) -> None:
         """`block_elements` bounds the pair scores or prototypes materialised at once (the Triton model's
-        BLOCK_ELEMENTS; `prost.model.similarity.DEFAULT_BLOCK_ELEMENTS` elsewhere)."""
+        BLOCK_ELEMENTS; `prost.model.similarity.DEFAULT_BLOCK_ELEMENTS` elsewhere); `threads` (0: the CPUs this
+        process may use) share centroid interaction, whose numpy gathers release the GIL."""
         self.version, self.scorer, self.beta, self.block = version, scorer, beta, block_elements
+        self.threads = threads or len(os.sched_getaffinity(0))
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="prost-gallery")
         self.ids = [v for s in version.segments for v in s.ids]
         self.offsets = np.cumsum([0] + [len(s.ids) for s in version.segments])
         self.alive = np.array([v not in s.removed for s in version.segments for v in s.ids], bool)
@@ -259,24 +286,35 @@ class GalleryEngine:
         probe = min(params.nprobe, len(best))
         lists = (np.unique(np.argpartition(-table, probe - 1, axis=1)[:, :probe]) if probe < len(best)
                  else np.arange(len(best)))
-        found = []
+        listed = np.zeros(len(self.alive), bool)  # a mask, not np.unique: lists hold ~10^5 rows at 1M videos
         for segment, offset in zip(self.version.segments, self.offsets):
             if len(segment.ids):
-                parts = [segment.rows[segment.offsets[c]:segment.offsets[c + 1]] for c in lists]
-                found.append(np.unique(np.concatenate(parts)).astype(np.int64) + offset)
-        rows = np.concatenate(found) if found else np.zeros(0, np.int64)
-        rows = rows[self.alive[rows]]
+                listed[np.concatenate([segment.rows[segment.offsets[c]:segment.offsets[c + 1]] for c in lists])
+                       + offset] = True
+        rows = np.flatnonzero(listed & self.alive)
         if len(rows) > params.candidates:
-            n_l = self.slots // self.num_objects
-            s_op = best[self._coarse(rows)].reshape(n_l, self.num_objects, len(rows)).max(0).mean(0)
+            s_op = self._centroid_interaction(best, rows)
             rows = np.sort(rows[np.argpartition(-s_op, params.candidates - 1)[:params.candidates]])
         return rows
 
-    def _coarse(self, rows: np.ndarray) -> np.ndarray:
-        """Coarse centroid ids [L * No, m] of ascending gallery rows, slot-major (Segment.coarse)."""
+    def _centroid_interaction(self, best: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """S_op [m] of ascending gallery rows with each object replaced by its coarse centroid (`best`: each centroid's
+        best phrase score), over the slot-major coarse ids (Segment.coarse), in pieces across the engine's threads."""
         seg = np.searchsorted(self.offsets, rows, side="right") - 1
-        return np.concatenate([self.version.segments[s].coarse[:, rows[seg == s] - self.offsets[s]]
-                               for s in np.unique(seg)], axis=1)
+        pieces = []
+        for s in np.unique(seg):
+            local = rows[seg == s] - self.offsets[s]
+            split = max(1, min(self.threads, len(local) // SPLIT_ROWS))
+            pieces += [(self.version.segments[s].coarse, part) for part in np.array_split(local, split)]
+        return np.concatenate(list(self._pool.map(lambda piece: self._max_mean(best, *piece), pieces)))
+
+    def _max_mean(self, best: np.ndarray, coarse: np.ndarray, local: np.ndarray) -> np.ndarray:
+        """Mean over object slots of the max over frames of best[coarse id], one frame's [No, m] slab at a time."""
+        n_o = self.num_objects
+        frames = best[coarse[:n_o][:, local]]
+        for first in range(n_o, self.slots, n_o):
+            np.maximum(frames, best[coarse[first:first + n_o][:, local]], out=frames)
+        return frames.mean(0)
 
     def _take(self, rows: np.ndarray, name: str) -> np.ndarray:
         """Rows (ascending) of one per-segment array ("events", "objects", "codes"), in that order."""
