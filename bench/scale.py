@@ -83,8 +83,8 @@ def probe(args: argparse.Namespace) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     started = time.perf_counter()
     version = load_version(args.probe, *json.loads(args.dims), STAMP)
-    session = similarity_session(args.probe / "similarity.onnx")
-    engine = GalleryEngine(version, OnnxScorer(session, 1.0), 1.0, DEFAULT_BLOCK_ELEMENTS)
+    session = similarity_session(args.probe / "similarity.onnx", args.threads)
+    engine = GalleryEngine(version, OnnxScorer(session, 1.0), 1.0, DEFAULT_BLOCK_ELEMENTS, args.threads)
     load_s = time.perf_counter() - started
     q = np.load(args.queries_file)
     phrases, sentence = q["phrases"], q["sentence"]

@@ -2,7 +2,7 @@
 the keys clients read, BETA_PARAM, VIDEO_ENCODER_PARAM and REPOSITORY_ID_PARAM, are in `prost_client.protocol`)."""
 
 ONNX_FILE = "ONNX_FILE"  # onnx_runner: graph file in the version directory
-INTRA_OP_THREADS = "INTRA_OP_THREADS"  # onnx_runner, gallery: ONNX Runtime intra-op threads, and the gallery engine's (0 = default)
+INTRA_OP_THREADS = "INTRA_OP_THREADS"  # onnx_runner, gallery: ORT intra-op and gallery engine threads (0: defaults)
 MAX_ITEMS = "MAX_ITEMS"  # onnx_runner, unbatched: the most items along any input's first dim (0 = no limit)
 MAX_WORDS = "MAX_WORDS"  # tokenizer: token ids per text (W)
 MAX_TEXT_BYTES = "MAX_TEXT_BYTES"  # tokenizer: longest accepted TEXT item

@@ -92,7 +92,7 @@ class RepositoryOptions:
                                      'still run as one batch; measured in README: Benchmark)')
     fp16: bool = _option(False, 'onnxruntime variant, or tensorrt --build-on-target: TensorRT precision')
     trt_cache_dir: str = _option("/tmp/prost-trt-cache", 'onnxruntime variant: engine and timing cache on the server')
-    intra_op_threads: int = _option(0, 'ONNX Runtime threads in python models (0 = ORT default)')
+    intra_op_threads: int = _option(0, 'threads of ONNX Runtime in python models and of the gallery engine (0: defaults)')
     max_top_k: int = _option(1000, 'largest TOP_K a search may ask for')
     max_video_bytes: int = _option(256 << 20, 'larger VIDEO inputs are refused before decoding')
     max_source_frames: int = _option(20000, 'clips listing more frames are refused before decoding')

@@ -18,8 +18,8 @@ from prost.fileio import sha256_file
 from prost.gallery import build as B
 from prost.gallery import store as S
 from prost.gallery.distractors import Grown, RandomUnit, unit
-from prost.gallery.engine import GalleryEngine, OnnxScorer, TorchBf16Scorer, bf16_unavailable, make_scorer, \
-    similarity_session
+from prost.gallery.engine import (GalleryEngine, OnnxScorer, TorchBf16Scorer, bf16_unavailable, make_scorer,
+                                  similarity_session)
 from prost.model.similarity import DEFAULT_BLOCK_ELEMENTS
 from prost_client import errors
 from prost_client import gallery_format as G, protocol as P
@@ -128,8 +128,8 @@ def random_version(graph, tmp_path_factory):
     version = build(tmp_path_factory.mktemp("random") / "v", RandomUnit(3000, tuple(OBJECTS), tuple(EVENTS), seed=4),
                     graph, index=True, params=S.SearchParams(exact_below=1, nprobe=2, candidates=64, rerank=64))
     rng = np.random.default_rng(5)
-    return version, unit(rng.standard_normal((40, 8, EVENTS[-1]), np.float32)), \
-        unit(rng.standard_normal((40, EVENTS[-1]), np.float32))
+    return (version, unit(rng.standard_normal((40, 8, EVENTS[-1]), np.float32)),
+            unit(rng.standard_normal((40, EVENTS[-1]), np.float32)))
 
 
 def test_random_vectors_keep_recall_with_a_small_candidate_budget(random_version):
@@ -140,6 +140,21 @@ def test_random_vectors_keep_recall_with_a_small_candidate_budget(random_version
     gallery = engine(version)
     exact = gallery.search(phrases, sentence, 10, mode="exact").rows
     assert recall_at(exact, gallery.search(phrases, sentence, 10).rows) >= 0.98
+
+
+def test_removed_videos_take_no_candidate_place(random_version, tmp_path):
+    """With half the videos removed (an incremental version), the small candidate budget still goes to live videos:
+    no removed id is returned and recall@10 against the new version's exact search holds."""
+    version, phrases, sentence = random_version
+    ids = S.read_ids(version / "seg-000001" / G.IDS_FILE)
+    B.update_version(tmp_path / "v2", version, add=None, remove=ids[::2], video_encoder=STAMP, objects_dims=OBJECTS,
+                     events_dims=EVENTS, progress=False)
+    (tmp_path / "v2" / G.SIMILARITY_FILE).write_bytes((version / G.SIMILARITY_FILE).read_bytes())
+    gallery = engine(tmp_path / "v2")
+    assert gallery.size == 1500 and gallery.mode == "two-stage"
+    found = gallery.search(phrases, sentence, 10).rows
+    assert not {gallery.ids[r] for r in found.ravel()} & set(ids[::2])
+    assert recall_at(gallery.search(phrases, sentence, 10, mode="exact").rows, found) >= 0.98
 
 
 def test_centroid_interaction_split_across_threads_ranks_as_one_thread(random_version, monkeypatch):

@@ -4,7 +4,7 @@ quantiser training sample, never by the gallery; incremental versions hard-link 
 The two-stage index is trained once, on a sample (`train_videos`): an IVF-PQ codec for object vectors (coarse
 centroids + PQ residual codes, ColBERTv2's compression; codes are stored per video, and each coarse centroid lists
 the videos with an object in it) and a fast-scan PQ index of event vectors (4-bit codes of 2 dimensions each,
-scanned exhaustively: no clustering to miss the best events on data without clusters). Segments added later are encoded with the
+scanned exhaustively: no clusters it could miss the best events by). Segments added later are encoded with the
 same trained quantisers.
 """
 
@@ -115,9 +115,9 @@ def train_index(prototypes: Prototypes, options: IndexOptions, progress: bool = 
     rows = np.sort(np.random.default_rng(options.seed).choice(n, min(n, options.train_videos), replace=False))
     objects = _float32(prototypes.objects, rows).reshape(-1, d)
     events = _float32(prototypes.events, rows).reshape(-1, d)
-    if len(objects) < 256:
-        raise GalleryError(f"{n} videos hold {len(objects)} object vectors, too few to train an index (256 at least); "
-                           f"build this gallery without one (exact search)")
+    if len(objects) < 256 or len(events) < 16:
+        raise GalleryError(f"{n} videos hold {len(objects)} object and {len(events)} event vectors, too few to train "
+                           f"an index (256 and 16 at least); build this gallery without one (exact search)")
     pq = options.pq_bytes or max(1, d // 8)
     if d % pq:
         raise GalleryError(f"--pq-bytes {pq} must divide the prototype dimension {d}")

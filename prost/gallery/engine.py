@@ -160,7 +160,8 @@ class GalleryEngine:
         BLOCK_ELEMENTS; `prost.model.similarity.DEFAULT_BLOCK_ELEMENTS` elsewhere); `threads` (0: the CPUs this
         process may use) share centroid interaction, whose numpy gathers release the GIL."""
         self.version, self.scorer, self.beta, self.block = version, scorer, beta, block_elements
-        self.threads = threads or len(os.sched_getaffinity(0))
+        self.threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                   else os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="prost-gallery")
         self.ids = [v for s in version.segments for v in s.ids]
         self.offsets = np.cumsum([0] + [len(s.ids) for s in version.segments])
@@ -244,37 +245,42 @@ class GalleryEngine:
         return out_i, out_s
 
     def _candidates(self, phrases, sentence, params: SearchParams) -> list[np.ndarray]:
-        """Sorted gallery rows per text: the union of both candidate sources, removed ids left out."""
+        """Sorted live gallery rows per text: the union of both candidate sources."""
         if params.candidates >= self.size:  # exhaustive
             return [np.flatnonzero(self.alive)] * len(phrases)
-        by_events = self._by_events(sentence, params)
-        return [np.union1d(events[self.alive[events]], self._by_objects(phrases[i], params))
-                for i, events in enumerate(by_events)]
+        return [np.union1d(events, self._by_objects(phrases[i], params))
+                for i, events in enumerate(self._by_events(sentence, params))]
 
     def _by_events(self, sentence: np.ndarray, params: SearchParams) -> list[np.ndarray]:
-        """Per text, each segment's `candidates` best videos by S_es: the events index proposes `events_refine`
-        event vectors per wanted one (fast-scan codes, exhaustively), re-scored exactly from the stored events.
-        An older version's IVF index is searched over `nprobe` lists instead."""
+        """Per text, each segment's `candidates` best live videos by S_es: the events index proposes `events_refine`
+        times as many event vectors as that takes (fast-scan codes, scanned exhaustively), their live videos re-scored
+        exactly from the stored events. An older version's IVF index is searched over `nprobe` lists, every live video
+        it finds kept, as before."""
         found_rows: list[list[np.ndarray]] = [[] for _ in range(len(sentence))]
-        n_e = self.num_events
+        n_e, faiss = self.num_events, faiss_module()
         for segment, offset in zip(self.version.segments, self.offsets):
             n = len(segment.ids)
             if not n:
                 continue
-            keep = params.candidates + len(segment.removed)  # removed videos take no place
-            index = segment.events_index
-            if faiss_module().try_extract_index_ivf(index) is not None:
-                _, found = index.search(sentence, min(keep * n_e, n * n_e),
-                                        params=faiss_module().SearchParametersIVF(nprobe=params.nprobe))
-            else:
-                _, found = index.search(sentence, min(keep * n_e * params.events_refine, n * n_e))
+            ivf = faiss.try_extract_index_ivf(segment.events_index) is not None
+            proposals = params.candidates * (1 if ivf else params.events_refine)
+            wanted = min((proposals + len(segment.removed)) * n_e, n * n_e)  # removed videos take no place
+            search = faiss.SearchParametersIVF(nprobe=params.nprobe) if ivf else None
+            _, found = segment.events_index.search(sentence, wanted, params=search)
             for i in range(len(sentence)):
-                rows = np.unique(found[i][found[i] >= 0] // n_e)
-                if len(rows) > keep:
-                    s_es = (np.asarray(segment.events[rows], np.float32) @ sentence[i]).max(-1)
-                    rows = np.sort(rows[np.argpartition(-s_es, keep - 1)[:keep]])
-                found_rows[i].append(rows + offset)
+                videos = np.unique(found[i][found[i] >= 0] // n_e)
+                videos = videos[self.alive[videos + offset]]
+                if not ivf and len(videos) > params.candidates:
+                    s_es = self._s_es(segment.events, videos, sentence[i])
+                    videos = np.sort(videos[np.argpartition(-s_es, params.candidates - 1)[:params.candidates]])
+                found_rows[i].append(videos + offset)
         return [np.concatenate(rows) if rows else np.zeros(0, np.int64) for rows in found_rows]
+
+    def _s_es(self, events: np.ndarray, rows: np.ndarray, sentence: np.ndarray) -> np.ndarray:
+        """S_es [m] of a segment's ascending rows from its stored events, read in blocks of BLOCK_ELEMENTS."""
+        chunk = max(1, self.block // int(np.prod(events.shape[1:])))
+        return np.concatenate([(np.asarray(events[rows[i:i + chunk]], np.float32) @ sentence).max(-1)
+                               for i in range(0, len(rows), chunk)])
 
     def _by_objects(self, phrases: np.ndarray, params: SearchParams) -> np.ndarray:
         """PLAID's candidate generation for S_op: the videos listed under each phrase's `nprobe` nearest coarse
