@@ -57,8 +57,8 @@ class SearchParams:
     """Parameters of a gallery version's search (gallery.json "search"); README: Gallery engine."""
 
     exact_below: int = 20_000  # galleries with fewer videos are scored exactly
-    nprobe: int = 16  # object centroids probed per phrase (their videos); and the lists of an older IVF events index
-    candidates: int = 512  # videos from each candidate source: S_es (events index) and S_op (centroid interaction)
+    nprobe: int = 8  # object centroids probed per phrase (their videos); and the lists of an older IVF events index
+    candidates: int = 256  # videos from each candidate source: S_es (events index) and S_op (centroid interaction)
     events_refine: int = 4  # event vectors the fast-scan codes propose per wanted one, re-scored from the fp16 store
     rerank: int = 256  # best approximate videos scored exactly (the fp16 store) for the final top-k
 
