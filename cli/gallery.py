@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -126,7 +125,10 @@ def _build(args: argparse.Namespace) -> int:
     if args.incremental and full_only:
         raise GalleryError(f"{', '.join(full_only)} apply to full builds; an incremental version keeps its base's "
                            f"index and search parameters")
-    removed = _read_ids(args.remove) if args.remove else []
+    try:
+        removed = G.read_id_list(args.remove) if args.remove else []
+    except ValueError as exc:
+        raise PathError(str(exc)) from None
     if removed and not args.incremental:
         raise GalleryError("--remove needs --incremental (a full build writes only --prototypes)")
     if prototypes is None and not args.incremental:
@@ -176,7 +178,7 @@ def _build_into_repository(repository: Path, base: Path | None, incremental: boo
     if incremental and base is None and not existing:
         raise GalleryError(f"{model_dir} has no version to start from; run a full `prost gallery build` first")
     latest = model_dir / str(existing[-1]) if existing else None
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    staging = storage.new_staging(model_dir)
     try:
         write(staging, base or latest)
         with storage.DirectoryLock(model_dir):
@@ -184,8 +186,7 @@ def _build_into_repository(repository: Path, base: Path | None, incremental: boo
             if incremental and base is None and now[-1:] != existing[-1:]:
                 raise GalleryError(f"{model_dir} got version {now[-1]} while this build started from {latest}; run "
                                    f"the incremental build again")
-            version = storage.commit_version(model_dir, staging, storage.version_floor(repository, P.GALLERY_MODEL))
-            storage.update_manifest(repository, P.GALLERY_MODEL)
+            version = storage.commit_gallery(repository, P.GALLERY_MODEL, staging, 1)
     finally:
         storage.discard_staging(staging)
     return model_dir / str(version)
@@ -197,13 +198,6 @@ def _full_build_flags(args: argparse.Namespace) -> dict[str, bool]:
                 **{f.name: f.default for f in fields(B.IndexOptions) if f.name != "fp16_objects"},
                 "no_fp16_store": False, "index": "auto", "objects_dtype": "fp16"}
     return {f"--{name.replace('_', '-')}": getattr(args, name) != default for name, default in defaults.items()}
-
-
-def _read_ids(path: Path) -> list[str]:
-    try:
-        return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    except OSError as exc:
-        raise PathError(f"cannot read {path}: {exc}") from None
 
 
 def open_engine(gallery: Path, export_dir: Path) -> tuple[GalleryEngine, ProstConfig]:

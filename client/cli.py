@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from prost_client import protocol as P
+from prost_client import gallery_format as F, protocol as P
 from prost_client.client import ProstClient
 from prost_client.errors import ClientError
 from prost_client.wire import TLS, VideoSource
@@ -60,15 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     search.set_defaults(func=_search)
 
     index = sub.add_parser("index", parents=[common],
-                           help="encode the videos of a directory and publish them as a new gallery",
+                           help="encode the videos of a directory and publish them as a new gallery version",
                            description="Encode the videos of a directory and publish them as a new prost_gallery "
                                        "version. With --repository the version is written into the served "
-                                       "repository (durable); without it the files are uploaded through Triton's "
-                                       "load API, which keeps them in a temporary directory: after a server restart "
-                                       "the repository's latest gallery serves again.")
-    index.add_argument("directory", type=Path, metavar="DIRECTORY",
+                                       "repository (durable) by the server's gallery writer: two-stage at scale, "
+                                       "and --incremental adds videos to the latest version and --remove hides "
+                                       "some, without re-encoding the rest. Without it the files are uploaded "
+                                       "through Triton's load API as a whole new exact gallery, kept in a temporary "
+                                       "directory: after a server restart the repository's latest gallery serves "
+                                       "again.")
+    index.add_argument("directory", type=Path, metavar="DIRECTORY", nargs="?",
                        help=f"folder searched recursively for {', '.join(VIDEO_SUFFIXES)} files; a video's id is "
-                            f"its path below it, without the suffix")
+                            f"its path below it, without the suffix (optional with --remove)")
     index.add_argument("--repository", type=Path,
                        help="the served repository on this machine (as given to `prost serve --repository`): the "
                             "version is written there (durable), and its key file is read")
@@ -76,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="needed to upload the gallery without --repository: prost_gallery/<N>/similarity.onnx "
                             "of the built repository (the export's similarity.onnx works, several times slower); an "
                             "upload is NOT durable: lost when the server restarts")
+    index.add_argument("--incremental", action="store_true",
+                       help="with --repository: add the videos to the latest version (an id it holds is replaced) "
+                            "instead of replacing the gallery")
+    index.add_argument("--remove", type=Path, metavar="FILE",
+                       help="with --incremental: a text file of video ids to remove, one a line")
     index.add_argument("--batch-size", type=int, default=4, help="videos per encode request (default: 4)")
     index.add_argument("--keep-versions", type=int, default=3,
                        help="with --repository: gallery versions kept on disk, the new one included (default: 3)")
@@ -150,23 +158,35 @@ def _search(client: ProstClient, args: argparse.Namespace) -> int:
 
 
 def _index(client: ProstClient, args: argparse.Namespace) -> int:
-    if not args.directory.is_dir():
-        raise ClientError(f"{args.directory} is not a directory")
-    videos = sorted(p for p in args.directory.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
-    if not videos:
-        raise ClientError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) under {args.directory}")
+    try:
+        remove = F.read_id_list(args.remove) if args.remove else []
+    except ValueError as exc:
+        raise ClientError(str(exc)) from None
+    if args.directory is None and not remove:
+        raise ClientError("index needs a DIRECTORY of videos (or, with --incremental, --remove FILE alone)")
+    videos: list[Path] = []
+    if args.directory is not None:
+        if not args.directory.is_dir():
+            raise ClientError(f"{args.directory} is not a directory")
+        videos = sorted(p for p in args.directory.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+        if not videos:
+            raise ClientError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) under {args.directory}")
     ids = [p.relative_to(args.directory).with_suffix("").as_posix() for p in videos]
     skipped: list[tuple[VideoSource, str]] = []
     try:
         version = client.publish_gallery(videos, ids, repository=args.repository,
                                          similarity_onnx=args.similarity_onnx, batch_size=args.batch_size,
                                          progress=not args.no_progress, keep_versions=args.keep_versions,
-                                         on_invalid=None if args.strict else lambda v, why: skipped.append((v, why)))
+                                         on_invalid=None if args.strict else lambda v, why: skipped.append((v, why)),
+                                         incremental=args.incremental, remove=remove)
     finally:
         for video, reason in skipped:
             print(f"skipped {video}: {reason}", file=sys.stderr)
     left_out = f"; left out {len(skipped)} unreadable or refused (listed above)" if skipped else ""
-    print(f"published {P.GALLERY_MODEL} version {version} with {len(videos) - len(skipped)} video(s){left_out}")
+    what = "added" if args.incremental else "with"
+    removed = f", removed {len(remove)}" if remove else ""
+    print(f"published {P.GALLERY_MODEL} version {version} {what} {len(videos) - len(skipped)} video(s){removed}"
+          f"{left_out}")
     return EXIT_SKIPPED if skipped else 0
 
 

@@ -1,7 +1,8 @@
 """ProstClient and AsyncProstClient: search, encode, score and gallery publishing over Triton gRPC.
 
 Imports only numpy, tritonclient[grpc], grpc and the standard library (no torch, no prost), so it installs anywhere;
-publishing into a local served repository also uses the server's storage module, which shares its lock protocol.
+publishing into a local served repository also uses the server's storage module (its lock protocol, and the gallery
+writer of `prost gallery build`), imported only then.
 
 Both clients share every decision. Each operation is written once, in `_Base`, as a plan: a generator that yields
 the Triton calls it needs (a `Call`, a list of calls that may run concurrently, or a `Sleep`) and receives their
@@ -147,37 +148,44 @@ class _Base:
     def publish_gallery(self, videos: Sequence[VideoSource], video_ids: Sequence[str] | None = None, *,
                         repository: Path | None = None, similarity_onnx: Path | bytes | None = None,
                         batch_size: int | None = None, progress: bool = True, keep_versions: int | None = 3,
-                        on_invalid: Callable[[VideoSource, str], None] | None = None) -> int:
+                        on_invalid: Callable[[VideoSource, str], None] | None = None, incremental: bool = False,
+                        remove: Sequence[str] = ()) -> int:
         """Encode `videos` through Triton and publish them as a NEW version of prost_gallery; returns the version.
 
         Without `on_invalid` the first video that cannot be read, or that the server refuses (undecodable, over its
         size or frame limits), raises, naming it, and nothing is published. With it, each such video is reported as
-        on_invalid(video, reason) and left out of the gallery (publishing is refused when no video is left). See
-        `publish_prototypes` for `repository`, `similarity_onnx` and `keep_versions`.
+        on_invalid(video, reason) and left out of the gallery (publishing is refused when no video is left, unless
+        the version is incremental). See `publish_prototypes` for the other arguments.
         """
         return self._run(self._publish_gallery(list(videos), video_ids, repository, similarity_onnx, batch_size,
-                                               progress, keep_versions, on_invalid))
+                                               progress, keep_versions, on_invalid, _Change(incremental, remove)))
 
     def publish_prototypes(self, video_ids: Sequence[str], objects: np.ndarray, events: np.ndarray, *,
                            repository: Path | None = None, similarity_onnx: Path | bytes | None = None,
-                           keep_versions: int | None = 3, video_encoder: str | None = None) -> int:
+                           keep_versions: int | None = 3, video_encoder: str | None = None,
+                           incremental: bool = False, remove: Sequence[str] = ()) -> int:
         """Publish encoded prototypes (fp16 on disk) as a new prost_gallery version; an empty list clears it.
 
         `video_encoder` is the sha256 of the video encoder that produced the prototypes (prost_video's
         VIDEO_ENCODER_SHA256 parameter when they were encoded); None takes the one served now. The gallery refuses
         to load prototypes stamped with another encoder than its own.
 
-        With `repository` (the served repository on this machine) the version is written there under the gallery's
-        lock, then loaded (the lock is held until the load settles, so concurrent publishers get successive
-        versions). Without it every file is uploaded with Triton's load API (file overrides, needs
-        `similarity_onnx`): Triton keeps uploaded files in a temporary directory, so such a version is NOT durable:
-        after a server restart the repository's latest version serves again. Concurrent uploads are not
-        coordinated. A load that times out or loses the server is not taken as a failure: the version's state is
-        polled, and a local version is removed only when Triton reports that it failed to load. Once the new local
-        version is ready, only the newest `keep_versions` version directories stay in the repository (None: all).
+        With `repository` (the served repository on this machine) the version is written there by the writer of
+        `prost gallery build`, streamed in chunks: a full version keeps the latest one's search parameters and
+        turns two-stage at its `exact_below` size; `incremental=True` adds the videos to the latest version (an id
+        it holds is replaced) and hides the ids in `remove`, hard-linking the segments it keeps and encoding only
+        the new ones. The version is then loaded under the gallery's lock (held until the load settles, so
+        concurrent publishers get successive versions; an incremental one is written under it too, so it starts
+        from the newest version). Without `repository` every file is uploaded with Triton's load API (file
+        overrides, needs `similarity_onnx`), as one exact segment: Triton keeps uploaded files in a temporary
+        directory, so such a version is NOT durable (after a server restart the repository's latest version serves
+        again), cannot be incremental, and concurrent uploads are not coordinated. A load that times out or loses
+        the server is not taken as a failure: the version's state is polled, and a local version is removed only
+        when Triton reports that it failed to load. Once the new local version is ready, only the newest
+        `keep_versions` version directories stay in the repository (None: all).
         """
         return self._run(self._publish_prototypes(list(video_ids), objects, events, repository, similarity_onnx,
-                                                  keep_versions, video_encoder))
+                                                  keep_versions, video_encoder, _Change(incremental, remove)))
 
     def gallery_version(self) -> int | None:
         """The highest served version of prost_gallery, or None when none is loaded."""
@@ -315,31 +323,29 @@ class _Base:
         return np.concatenate(columns, axis=1)
 
     def _publish_gallery(self, videos, video_ids, repository, similarity_onnx, batch_size, progress,
-                         keep_versions, on_invalid) -> Plan:
+                         keep_versions, on_invalid, change: _Change) -> Plan:
         ids = wire.video_ids_for(videos, video_ids)
-        wire.check_keep_versions(keep_versions)  # before encoding, like every argument check
-        if repository is None:
-            wire.upload_files(0, {}, similarity_onnx)  # fail before encoding when the graph is missing
+        _check_publish(repository, similarity_onnx, keep_versions, change)  # before encoding
         key = yield from self._publish_key(repository)
         encoder = yield from self._video_encoder()
         objects, events, kept = yield from self._encode_videos(videos, batch_size, progress, on_invalid)
-        if videos and not kept:
+        if videos and not kept and not change.incremental:
             raise ClientError(f"none of the {len(videos)} videos could be read and encoded; nothing was published")
         ids = [ids[i] for i in kept]
         if (yield from self._video_encoder()) != encoder:
             raise ClientError(f"{P.VIDEO_MODEL} was reloaded with another video encoder while the videos were being "
                               f"encoded; nothing was published, index them again")
-        return (yield from self._publish_files(F.gallery_files(ids, objects, events, video_encoder=encoder),
-                                               repository, similarity_onnx, keep_versions, key))
+        return (yield from self._publish(ids, objects, events, encoder, repository, similarity_onnx, keep_versions,
+                                         key, change, progress))
 
     def _publish_prototypes(self, video_ids, objects, events, repository, similarity_onnx, keep_versions,
-                            video_encoder) -> Plan:
-        wire.check_keep_versions(keep_versions)
+                            video_encoder, change: _Change) -> Plan:
+        _check_publish(repository, similarity_onnx, keep_versions, change)
         key = yield from self._publish_key(repository)
         if video_encoder is None:
             video_encoder = yield from self._video_encoder()
-        files = F.gallery_files(video_ids, objects, events, video_encoder=video_encoder)
-        return (yield from self._publish_files(files, repository, similarity_onnx, keep_versions, key))
+        return (yield from self._publish(video_ids, objects, events, video_encoder, repository, similarity_onnx,
+                                         keep_versions, key, change, False))
 
     def _publish_key(self, repository: Path | None) -> Plan:
         """Before any work, the checks a publish needs; returns the repository key to send.
@@ -384,36 +390,54 @@ class _Base:
         config = yield self._call("get_model_config", P.VIDEO_MODEL, model_name=P.VIDEO_MODEL, as_json=True)
         return wire.config_parameter(config["config"], P.VIDEO_ENCODER_PARAM, P.VIDEO_MODEL)
 
-    def _publish_files(self, files: dict[str, bytes], repository: Path | None, similarity_onnx, keep_versions,
-                       key: str | None) -> Plan:
-        """Publish a gallery version's data files, checked by `_publish_key`: uploaded, or written into
-        `repository` under the gallery's lock; then loaded and settled."""
+    def _publish(self, ids: list[str], objects: np.ndarray, events: np.ndarray, encoder: str,
+                 repository: Path | None, similarity_onnx, keep_versions, key: str | None, change: _Change,
+                 progress: bool) -> Plan:
+        """Publish a gallery version, after `_publish_key`'s checks: written into `repository` (the server's writer,
+        under the gallery's lock) or uploaded as one exact segment; then loaded and settled."""
         if repository is None:
+            files = F.gallery_files(ids, objects, events, video_encoder=encoder)
             known = yield from self._gallery_states(key)
             config = yield self._call("get_model_config", P.GALLERY_MODEL, model_name=P.GALLERY_MODEL, as_json=True)
             version = max(known, default=0) + 1
             yield from self._load(version, None, key, config=json.dumps(config["config"]),
                                   files=wire.upload_files(version, files, similarity_onnx))
             return version
-        model_dir = Path(repository) / P.GALLERY_MODEL
+        repository = Path(repository)
+        model_dir = repository / P.GALLERY_MODEL
         storage = _local_storage()
-        lock = storage.DirectoryLock(model_dir, timeout=self._settle_seconds)
-        deadline = time.monotonic() + lock.timeout
-        while not lock.try_acquire():  # polled, so an asyncio loop keeps running while another publisher loads
-            if time.monotonic() > deadline:
-                raise ClientError(str(lock.busy_error()))
-            yield Sleep(POLL_SECONDS)
+
+        def write(staging: Path) -> None:  # the data of the next version, from the latest on disk
+            storage.write_gallery(staging, model_dir, ids, objects, events, video_encoder=encoder,
+                                  incremental=change.incremental, remove=change.remove, progress=progress)
+
+        with _storage_errors(storage):
+            staging = storage.new_staging(model_dir)
         try:
-            known = yield from self._gallery_states(key)
-            with _storage_errors(storage):
-                version = storage.stage_version(Path(repository), P.GALLERY_MODEL, files, max(known, default=0) + 1)
-            yield from self._load(version, Path(repository), key)
-            if keep_versions is not None:
+            if not change.incremental:  # a full version needs no base: written before taking the lock
                 with _storage_errors(storage):
-                    storage.prune_versions(Path(repository), P.GALLERY_MODEL, keep_versions)
-            return version
+                    write(staging)
+            lock = storage.DirectoryLock(model_dir, timeout=self._settle_seconds)
+            deadline = time.monotonic() + lock.timeout
+            while not lock.try_acquire():  # polled, so an asyncio loop keeps running while another publisher loads
+                if time.monotonic() > deadline:
+                    raise ClientError(str(lock.busy_error()))
+                yield Sleep(POLL_SECONDS)
+            try:
+                known = yield from self._gallery_states(key)
+                with _storage_errors(storage):
+                    if change.incremental:
+                        write(staging)
+                    version = storage.commit_gallery(repository, P.GALLERY_MODEL, staging, max(known, default=0) + 1)
+                yield from self._load(version, repository, key)
+                if keep_versions is not None:
+                    with _storage_errors(storage):
+                        storage.prune_versions(repository, P.GALLERY_MODEL, keep_versions)
+                return version
+            finally:
+                lock.release()
         finally:
-            lock.release()
+            storage.discard_staging(staging)
 
     def _load(self, version: int, repository: Path | None, key: str | None, **upload) -> Plan:
         """Load prost_gallery and settle `version`: ready, or failed (a local version is then removed)."""
@@ -474,9 +498,34 @@ class _Base:
         return max((int(v) for v in meta.get("versions", [])), default=None)
 
 
+@dataclass(frozen=True)
+class _Change:
+    """How a published version relates to the latest: a full replacement, or incremental (videos added, `remove`
+    hidden)."""
+
+    incremental: bool = False
+    remove: Sequence[str] = ()
+
+
+def _check_publish(repository: Path | None, similarity_onnx, keep_versions: int | None, change: _Change) -> None:
+    """The argument checks of a publish, before any call or encoding."""
+    wire.check_keep_versions(keep_versions)
+    if isinstance(change.remove, str):
+        raise ClientError("remove takes a list of video ids, not one string")
+    if change.remove and not change.incremental:
+        raise ClientError("remove needs incremental=True (CLI: --incremental): a full version holds only the videos "
+                          "given")
+    if repository is None:
+        if change.incremental:
+            raise ClientError("an incremental version is written into the served repository: pass repository (CLI: "
+                              "--repository, on the server's machine); an upload replaces the whole gallery")
+        wire.upload_files(0, {}, similarity_onnx)  # fail before encoding when the graph is missing
+
+
 def _local_storage():
-    """The server's gallery storage (versions, locks, manifest), for publishing into a local served repository: a
-    publisher on the server's machine must follow the server's lock protocol, so it uses the server's own code."""
+    """The server's gallery storage (versions, locks, manifest, its gallery writer), for publishing into a local
+    served repository: a publisher on the server's machine follows the server's lock protocol and writes the version
+    `prost gallery build` would, so it uses the server's own code."""
     try:
         from prost_model_repository import storage
     except ImportError as exc:
@@ -487,7 +536,8 @@ def _local_storage():
 
 @contextlib.contextmanager
 def _storage_errors(storage):
-    """Storage failures (a version that cannot be written, a damaged manifest) as ClientError."""
+    """Storage failures (a version that cannot be written, a damaged manifest, an unknown id to remove) as
+    ClientError."""
     try:
         yield
     except storage.RepositoryError as exc:

@@ -110,6 +110,14 @@ def gallery_files(video_ids: Sequence[str], objects: np.ndarray, events: np.ndar
     }
 
 
+def read_id_list(path: Path) -> list[str]:
+    """Video ids of a text file, one a line (blank lines and surrounding spaces ignored): what `--remove` takes."""
+    try:
+        return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the id list {path}: {exc}") from None
+
+
 def versions(model_dir: Path) -> list[int]:
     """Numeric version directories of a model, ascending (Triton ignores other names and those starting with 0)."""
     if not Path(model_dir).is_dir():

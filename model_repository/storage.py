@@ -1,6 +1,7 @@
 """Gallery-version storage of a Triton model repository: numbered version directories written atomically, the
-per-model and repository locks, `manifest.json`, pruning, the server's key file. Torch-free (the standard library and
-two small prost modules), so a client publishing into a local repository can share it.
+per-model and repository locks, `manifest.json`, pruning, the server's key file, and the entry to the gallery writer a
+local publisher uses. Torch-free (the standard library, small prost modules, and prost.gallery's writer, imported
+when a gallery is written), so a client publishing into a local repository can share it.
 
 Concurrency: every writer of a model directory (`prost repository build`, `prost-client index`, ProstClient
 publishing) holds an exclusive `fcntl.flock` on `<model_dir>/.lock` from reading the latest version to renaming the
@@ -19,9 +20,10 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from prost.errors import RepositoryError
+from prost.errors import GalleryError, RepositoryError
 from prost.fileio import fsync_path, link_or_copy, sha256_file, write_atomic, write_json_atomic
 from prost_client.gallery_format import MODEL_FILE, SIMILARITY_FILE, versions
 
@@ -85,8 +87,7 @@ def write_version(model_dir: Path, files: dict[str, bytes | Path], minimum: int 
     (`locked=True`). Paths are hard-linked where the filesystem allows: version files are never modified in place."""
     model_dir = Path(model_dir)
     with contextlib.nullcontext() if locked else DirectoryLock(model_dir):
-        model_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+        staging = new_staging(model_dir)
         try:
             for name, data in files.items():
                 path = staging / name
@@ -127,9 +128,39 @@ def discard_staging(staging: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def stage_version(repository: Path, model: str, files: dict[str, bytes], minimum: int) -> int:
-    """Write a new gallery version into a local repository, with model.py and similarity.onnx from the latest one,
-    and list it in the manifest. The caller holds the model's lock.
+def new_staging(model_dir: Path) -> Path:
+    """An empty staging folder inside `model_dir` to write a version into without the model's lock (a build can take
+    minutes); Triton ignores it, `commit_gallery` numbers it, `discard_staging` removes what is left."""
+    model_dir = Path(model_dir)
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    except OSError as exc:
+        raise RepositoryError(f"cannot write into {model_dir}: {exc}") from exc
+
+
+def write_gallery(staging: Path, model_dir: Path, video_ids: list[str], objects, events, *, video_encoder: str,
+                  incremental: bool, remove: Sequence[str], progress: bool) -> None:
+    """Write into `staging` the data of the gallery version after the latest in `model_dir`, with the writer of
+    `prost gallery build` (`prost.gallery.build.next_version`: full, or incremental from the latest); what a local
+    publisher writes. Failures are RepositoryError."""
+    from prost.gallery.build import ArrayPrototypes, next_version
+
+    existing = versions(model_dir)
+    latest = Path(model_dir) / str(existing[-1]) if existing else None
+    try:
+        next_version(staging, latest, ArrayPrototypes(video_ids, objects, events), video_encoder=video_encoder,
+                     incremental=incremental, remove=remove, progress=progress)
+    except GalleryError as exc:
+        raise RepositoryError(str(exc)) from exc
+    except OSError as exc:
+        raise RepositoryError(f"cannot write a version of {model_dir}: {exc}") from exc
+
+
+def commit_gallery(repository: Path, model: str, staging: Path, minimum: int) -> int:
+    """Number a complete staging folder (`new_staging`) as the next gallery version, with model.py and
+    similarity.onnx hard-linked from the latest version where it has none, and list it in the manifest. The caller
+    holds the model's lock.
 
     `minimum` is above every version the server knows (an upload may have set one, a failed load may have left
     one): Triton's response cache is keyed by version, so a number is never reused for different content.
@@ -142,10 +173,13 @@ def stage_version(repository: Path, model: str, files: dict[str, bytes], minimum
     for name in (MODEL_FILE, SIMILARITY_FILE):
         if not (latest / name).is_file():
             raise RepositoryError(f"{latest / name} is missing; rebuild the repository with `prost repository build`")
-    files = {**files, **{name: (latest / name).read_bytes() for name in (MODEL_FILE, SIMILARITY_FILE)}}
+        if not (staging / name).exists():
+            try:
+                link_or_copy(latest / name, staging / name)
+            except OSError as exc:
+                raise RepositoryError(f"cannot write a version of {model_dir}: {exc}") from exc
     read_manifest(repository)  # refuse before writing a version that could not be listed
-    minimum = max(minimum, version_floor(repository, model))
-    version = write_version(model_dir, files, minimum=minimum, locked=True)
+    version = commit_version(model_dir, staging, max(minimum, version_floor(repository, model)))
     try:
         update_manifest(repository, model)
     except RepositoryError:  # an unlisted version would load at the next server start

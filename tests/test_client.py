@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from tritonclient import grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from prost.gallery import store as S
 from prost_client import errors, gallery_format as G, protocol as P, wire
 from prost_client.client import AsyncProstClient, ProstClient
 from prost_model_repository.server import free_port
@@ -151,12 +153,33 @@ def test_cli_index_and_score(triton_server, client, model_repository, synthetic_
                              str(videos), "--repository", str(model_repository), "--no-progress")
         assert result.returncode == 0, result.stderr
         assert f"version {client.gallery_version()} with 3 video(s)" in result.stdout
-        latest = model_repository / P.GALLERY_MODEL / str(client.gallery_version()) / G.TENSORS_FILE
+        first = model_repository / P.GALLERY_MODEL / str(client.gallery_version())
         with grpcclient.InferenceServerClient(triton_server.url) as raw:
             config = raw.get_model_config(P.VIDEO_MODEL, as_json=True)["config"]
         served_encoder = config["parameters"][P.VIDEO_ENCODER_PARAM]["string_value"]
-        assert G.safetensors_metadata(latest)[G.ENCODER_STAMP] == served_encoder
+        assert S.version_stamp(first) == served_encoder
+        segment = first / "seg-000001" / G.TENSORS_FILE  # written by the server's gallery writer
+        assert G.safetensors_metadata(segment)[G.ENCODER_STAMP] == served_encoder
         assert {h.video_id for h in client.search("anything", top_k=10)[0]} == {p.stem for p in synthetic_videos[:3]}
+
+        more = tmp_path / "more"  # incremental: one video added, one removed, the kept segment not copied
+        more.mkdir()
+        (more / synthetic_videos[3].name).write_bytes(synthetic_videos[3].read_bytes())
+        (tmp_path / "remove.txt").write_text(f"{synthetic_videos[0].stem}\n\n")
+        key = ("--repository-key", triton_server.repository_key)
+        result = run_console("--url", triton_server.url, *key, "index", str(more), "--repository",
+                             str(model_repository), "--incremental", "--remove", str(tmp_path / "remove.txt"),
+                             "--no-progress")
+        assert result.returncode == 0, result.stderr
+        assert f"version {client.gallery_version()} added 1 video(s), removed 1" in result.stdout
+        second = model_repository / P.GALLERY_MODEL / str(client.gallery_version())
+        assert os.stat(second / "seg-000001" / G.TENSORS_FILE).st_ino == os.stat(segment).st_ino
+        assert {h.video_id for h in client.search("anything", top_k=10)[0]} == {
+            p.stem for p in synthetic_videos[1:4]}
+        result = run_console("--url", triton_server.url, *key, "index", "--incremental", "--remove",
+                             str(tmp_path / "remove.txt"), "--repository", str(model_repository))
+        assert result.returncode == 1 and f"does not hold: {synthetic_videos[0].stem}" in result.stderr
+        assert client.gallery_version() == int(second.name)
         result = run_console("--url", triton_server.url, "score", "--text", "a cross", "--video",
                              str(synthetic_videos[0]), "--json")
         assert result.returncode == 0, result.stderr

@@ -208,6 +208,51 @@ def bf16_stores(trained, graph, tmp_path_factory):
                                                                   objects_dtype="bf16")
 
 
+def test_client_publishing_writes_what_prost_gallery_build_writes(triton_server, client, published_gallery,
+                                                                    model_repository, onnx_dir, real, tmp_path,
+                                                                    capsys):
+    """ProstClient publishing into the repository goes through the server's gallery writer: a full version keeps a
+    two-stage gallery's parameters (so it stays two-stage), an incremental one adds and removes videos, hard-links
+    the segments it keeps and indexes only the new one; served top-k equals `prost gallery search` on each."""
+    from prost_cli.main import main
+
+    _, ids, objects, events = published_gallery
+    prototypes, _, _ = real
+    grown = Grown(prototypes, 1200, seed=7)
+    B.write_prototypes(tmp_path / "protos.safetensors", grown)
+    model_dir = model_repository / P.GALLERY_MODEL
+
+    try:
+        assert main(["gallery", "build", "--prototypes", str(tmp_path / "protos.safetensors"), "--export",
+                     str(onnx_dir), "--repository", str(model_repository), "--exact-below", "800",
+                     "--candidates", "64"]) == 0
+        client.reload_gallery()
+        full = client.publish_prototypes(grown.video_ids[:1100], grown.objects[:1100], grown.events[:1100],
+                                         repository=model_repository)
+        manifest = json.loads((model_dir / str(full) / S.GALLERY_FILE).read_text())
+        assert manifest["index"] is not None and manifest["search"]["candidates"] == 64  # kept from the build
+        served_equals_local(client, capsys, model_repository, onnx_dir)
+
+        gone = grown.video_ids[:1100:3]
+        new = client.publish_prototypes(grown.video_ids[1100:], grown.objects[1100:], grown.events[1100:],
+                                        repository=model_repository, incremental=True, remove=gone)
+        kept = model_dir / str(full) / "seg-000001"
+        assert all(os.stat(f).st_ino == os.stat(model_dir / str(new) / "seg-000001" / f.name).st_ino
+                   for f in kept.iterdir())
+        assert (model_dir / str(new) / "seg-000002" / S.CODES_FILE).is_file()
+        segments = json.loads((model_dir / str(new) / S.GALLERY_FILE).read_text())["segments"]
+        assert sum(e["videos"] - len(e["removed"]) for e in segments) == 1200 - len(gone)
+        hits = served_equals_local(client, capsys, model_repository, onnx_dir)
+        assert not {h.video_id for row in hits for h in row} & set(gone)
+        with pytest.raises(errors.ClientError, match="does not hold"):
+            client.publish_prototypes([], objects[:0], events[:0], repository=model_repository,
+                                      incremental=True, remove=gone[:1])
+        assert client.gallery_version() == new
+    finally:
+        client.publish_prototypes(ids, objects, events, repository=model_repository)
+    assert len(client.search(TEXTS[0], top_k=10)[0]) == len(ids)
+
+
 @pytest.mark.skipif(bf16_unavailable() is not None, reason=f"no bf16 GEMM here: {bf16_unavailable()}")
 def test_a_bf16_store_passes_its_gate_and_keeps_recall(trained, bf16_stores, graph, tmp_path):
     """A bf16 object store (the bytes of fp16) is scored by torch's bf16 GEMM in place: recall@10 against the fp16
@@ -332,6 +377,28 @@ def test_a_damaged_file_fails_the_load_naming_it(real, graph, tmp_path, damage):
         S.load_version(version, OBJECTS, EVENTS, STAMP)
 
 
+TEXTS = ["a purple cross moves up", "a yellow circle", "two squares swap places"]
+
+
+def served_equals_local(client, capsys, repository: Path, onnx_dir: Path, mode: str = "two-stage",
+                        atol: float = 1e-5) -> list:
+    """The served top-5 of TEXTS, checked equal to `prost gallery search` (in `mode`) on the repository's latest
+    version: ids, scores (within `atol`) and matched frames."""
+    from prost_cli.main import main
+
+    served = client.search(TEXTS, top_k=5)
+    capsys.readouterr()
+    assert main(["gallery", "search", *TEXTS, "--gallery", str(repository), "--export", str(onnx_dir),
+                 "--top-k", "5", "--json"]) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert local["mode"] == mode
+    for text, hits in zip(TEXTS, served):
+        assert [h.video_id for h in hits] == [r["video_id"] for r in local["results"][text]]
+        np.testing.assert_allclose([h.score for h in hits], [r["score"] for r in local["results"][text]], atol=atol)
+        assert [list(h.matched_frames) for h in hits] == [r["matched_frames"] for r in local["results"][text]]
+    return served
+
+
 def test_triton_serves_a_two_stage_version_as_prost_gallery_search(triton_server, client, published_gallery,
                                                                    model_repository, onnx_dir, real, tmp_path,
                                                                    capsys):
@@ -343,7 +410,6 @@ def test_triton_serves_a_two_stage_version_as_prost_gallery_search(triton_server
     prototypes, _, _ = real
     grown = Grown(prototypes, 1500, seed=6)
     B.write_prototypes(tmp_path / "protos.safetensors", grown)
-    texts = ["a purple cross moves up", "a yellow circle", "two squares swap places"]
     build_args = ["gallery", "build", "--prototypes", str(tmp_path / "protos.safetensors"), "--export", str(onnx_dir),
                   "--repository", str(model_repository), "--index", "yes", "--exact-below", "1",
                   "--candidates", "64"]
@@ -351,17 +417,7 @@ def test_triton_serves_a_two_stage_version_as_prost_gallery_search(triton_server
         assert main(build_args) == 0
         version = client.reload_gallery()
         assert version == G.versions(model_repository / P.GALLERY_MODEL)[-1]
-        served = client.search(texts, top_k=5)
-        capsys.readouterr()
-        assert main(["gallery", "search", *texts, "--gallery", str(model_repository), "--export", str(onnx_dir),
-                     "--top-k", "5", "--json"]) == 0
-        local = json.loads(capsys.readouterr().out)
-        assert local["mode"] == "two-stage"
-        for text, hits in zip(texts, served):
-            assert [h.video_id for h in hits] == [r["video_id"] for r in local["results"][text]]
-            np.testing.assert_allclose([h.score for h in hits], [r["score"] for r in local["results"][text]],
-                                       atol=1e-5)
-            assert [list(h.matched_frames) for h in hits] == [r["matched_frames"] for r in local["results"][text]]
+        served = served_equals_local(client, capsys, model_repository, onnx_dir)
         assert main(build_args) == 0
         broken = model_repository / P.GALLERY_MODEL / str(G.versions(model_repository / P.GALLERY_MODEL)[-1])
         codes = broken / "seg-000001" / S.CODES_FILE
@@ -369,11 +425,11 @@ def test_triton_serves_a_two_stage_version_as_prost_gallery_search(triton_server
         with pytest.raises(errors.ClientError, match=str(codes)):
             client.reload_gallery()
         assert client.gallery_version() == version
-        assert [h.video_id for h in client.search(texts, top_k=5)[0]] == [h.video_id for h in served[0]]
+        assert [h.video_id for h in client.search(TEXTS, top_k=5)[0]] == [h.video_id for h in served[0]]
     finally:
         shutil.rmtree(model_repository / P.GALLERY_MODEL / str(G.versions(model_repository / P.GALLERY_MODEL)[-1]))
         client.publish_prototypes(ids, objects, events, repository=model_repository)
-    assert len(client.search(texts[0], top_k=10)[0]) == len(ids)
+    assert len(client.search(TEXTS[0], top_k=10)[0]) == len(ids)
 
 
 @pytest.mark.skipif(bf16_unavailable() is not None, reason=f"no bf16 GEMM here: {bf16_unavailable()}")
@@ -386,20 +442,11 @@ def test_triton_serves_a_bf16_store_as_prost_gallery_search(triton_server, clien
     _, ids, objects, events = published_gallery
     prototypes, _, _ = trained
     B.write_prototypes(tmp_path / "protos.safetensors", prototypes)
-    texts = ["a purple cross moves up", "a yellow circle", "two squares swap places"]
     try:
         assert main(["gallery", "build", "--prototypes", str(tmp_path / "protos.safetensors"), "--export",
                      str(onnx_dir), "--repository", str(model_repository), "--objects-dtype", "bf16"]) == 0
         version = client.reload_gallery()
-        served = client.search(texts, top_k=5)
-        capsys.readouterr()
-        assert main(["gallery", "search", *texts, "--gallery", str(model_repository), "--export", str(onnx_dir),
-                     "--top-k", "5", "--json"]) == 0
-        local = json.loads(capsys.readouterr().out)
-        for text, hits in zip(texts, served):
-            assert [h.video_id for h in hits] == [r["video_id"] for r in local["results"][text]]
-            np.testing.assert_allclose([h.score for h in hits], [r["score"] for r in local["results"][text]],
-                                       atol=1e-6)
+        served_equals_local(client, capsys, model_repository, onnx_dir, mode="exact", atol=1e-6)
         assert f"prost_gallery version {version}: 200 videos, exact search, scored by bf16 GEMM (torch)" in \
             triton_server.log_path.read_text()
     finally:
@@ -436,7 +483,7 @@ def test_repository_versions_never_reuse_a_removed_number(onnx_dir, tmp_path):
     repo = write_repository(onnx_dir, tmp_path / "repo")
     model_dir = repo / P.GALLERY_MODEL
     with storage.DirectoryLock(model_dir):
-        version = storage.stage_version(repo, P.GALLERY_MODEL, {}, minimum=1)
+        version = storage.commit_gallery(repo, P.GALLERY_MODEL, storage.new_staging(repo / P.GALLERY_MODEL), 1)
         storage.unstage_version(repo, P.GALLERY_MODEL, version)
     write_repository(onnx_dir, repo)
     assert storage.version_floor(repo, P.GALLERY_MODEL) == version + 1

@@ -67,7 +67,7 @@ def test_the_contract_modules_depend_on_nothing_of_ours():
 
 def test_the_client_is_a_leaf():
     """No core, export or CLI code in the client; the server's storage only where a client publishes into a local
-    served repository (it must follow the server's lock protocol)."""
+    served repository (it must follow the server's lock protocol and write what `prost gallery build` writes)."""
     assert offending("prost_client", {"prost", "prost_export", "prost_cli"}) == []
     assert {(file, name) for file, name in imports("prost_client") if name.startswith("prost_model_repository")} == {
         ("client/client.py", "prost_model_repository.storage")}

@@ -288,7 +288,7 @@ def test_a_damaged_manifest_stops_a_publisher_and_a_rebuild_rewrites_it(onnx_dir
     repo = write_repository(onnx_dir, tmp_path / "repo")
     (repo / storage.MANIFEST_FILE).write_text('{"models": {"prost_text": ')
     with pytest.raises(RepositoryError, match="cannot read .*manifest.json.*prost repository build"):
-        storage.stage_version(repo, P.GALLERY_MODEL, {}, minimum=1)
+        storage.commit_gallery(repo, P.GALLERY_MODEL, storage.new_staging(repo / P.GALLERY_MODEL), 1)
     assert G.versions(repo / P.GALLERY_MODEL) == [1]
     write_repository(onnx_dir, repo)
     rewritten = json.loads((repo / storage.MANIFEST_FILE).read_text())
@@ -300,7 +300,7 @@ def test_a_damaged_manifest_stops_a_publisher_and_a_rebuild_rewrites_it(onnx_dir
 
     (repo / f".{storage.MANIFEST_FILE}.{os.getpid()}.tmp").mkdir()  # the manifest cannot be replaced now
     with pytest.raises(RepositoryError, match="cannot write .*manifest.json"):
-        storage.stage_version(repo, P.GALLERY_MODEL, {}, minimum=1)
+        storage.commit_gallery(repo, P.GALLERY_MODEL, storage.new_staging(repo / P.GALLERY_MODEL), 1)
     assert G.versions(repo / P.GALLERY_MODEL) == [1]  # no version left that the manifest does not list
 
 
@@ -365,10 +365,13 @@ def test_a_rebuild_during_a_publish_keeps_the_published_gallery(onnx_dir, tmp_pa
     h, d = cfg.head, cfg.embed_dim
     files = G.gallery_files(["a", "b"], np.ones((2, h.num_frames, h.num_objects, d)), np.ones((2, h.num_events, d)),
                             video_encoder=video_encoder(onnx_dir))
-    files.update({n: (model_dir / "1" / n).read_bytes() for n in (G.MODEL_FILE, G.SIMILARITY_FILE)})
+
     def publish():  # as ProstClient does with a local repository
+        staging = storage.new_staging(model_dir)
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
         with storage.DirectoryLock(model_dir):
-            storage.stage_version(repo, P.GALLERY_MODEL, files, minimum=1)
+            storage.commit_gallery(repo, P.GALLERY_MODEL, staging, 1)
 
     if first == "publisher":
         publish()

@@ -257,7 +257,8 @@ def test_a_corrupt_gallery_version_does_not_load_and_the_old_one_serves(client, 
     with ProstClient(triton_server.url, timeout=60, load_timeout=0.3,
                      repository_key=triton_server.repository_key) as impatient:
         for publisher in (client, impatient):
-            with pytest.raises(errors.ClientError, match=r"load prost_gallery version \d+: .*objects has shape"):
+            with pytest.raises(errors.ClientError,
+                               match=r"load prost_gallery version \d+: .*dims objects \[8, 5, 128\].* do not match"):
                 publisher.publish_prototypes(ids[:2], objects[:2, :, :-1], events[:2], repository=model_repository)
             assert client.gallery_version() == served
             assert G.versions(model_repository / P.GALLERY_MODEL)[-1] == served  # the failed version is removed

@@ -345,6 +345,32 @@ def update_version(out: Path, base: Path, *, add: Prototypes | None, remove: Ite
     return manifest
 
 
+def next_version(out: Path, latest: Path | None, prototypes: Prototypes, *, video_encoder: str,
+                 incremental: bool = False, remove: Iterable[str] = (), chunk: int = DEFAULT_CHUNK,
+                 progress: bool = True) -> dict:
+    """The data of the gallery version after `latest` (a version directory; None before the first), as a client
+    publishes it: `prototypes` added to latest and `remove` hidden (incremental), or a full build of `prototypes`
+    that keeps latest's search parameters, objects dtype and fp16 store, so a gallery built large with
+    `prost gallery build` stays two-stage. Dims come from the prototypes; the load checks them against the graph."""
+    dims = {"objects_dims": list(prototypes.objects.shape[1:]), "events_dims": list(prototypes.events.shape[1:])}
+    if incremental:
+        if latest is None:
+            raise GalleryError("an incremental version needs a version to start from; publish the whole gallery first")
+        return update_version(out, latest, add=prototypes if len(prototypes.video_ids) else None, remove=remove,
+                              video_encoder=video_encoder, chunk=chunk, progress=progress, **dims)
+    if remove:
+        raise GalleryError("removing videos needs an incremental version (a full one holds only the videos given)")
+    manifest = S.read_manifest(latest) if latest is not None else None
+    settings: dict[str, Any] = {}
+    if manifest is not None:
+        index = manifest.get("index")
+        settings = {"params": S.SearchParams.from_json(manifest.get("search"), latest / S.GALLERY_FILE),
+                    "objects_dtype": manifest.get("objects_dtype", "fp16"),
+                    "options": IndexOptions(fp16_objects=index is None or index["fp16_objects"])}
+    return build_version(out, prototypes, video_encoder=video_encoder, chunk=chunk, progress=progress, **dims,
+                         **settings)
+
+
 def _client_layout(base: Path, video_encoder: str, objects_dims: Sequence[int], events_dims: Sequence[int]) -> dict:
     """gallery.json of a version in the client layout (one exact segment at the root, no manifest)."""
     return {"format": S.FORMAT, "video_encoder_sha256": G.safetensors_metadata(base / G.TENSORS_FILE).get(
