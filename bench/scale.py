@@ -77,8 +77,7 @@ def disk_bytes(directory: Path) -> int:
 
 # -- the child: load a version, time searches, report RSS ----------------------------------------------------------
 def probe(args: argparse.Namespace) -> None:
-    import faiss
-
+    faiss = S.faiss_module()
     faiss.omp_set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     started = time.perf_counter()

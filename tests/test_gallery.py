@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +84,28 @@ def engine(path: Path, scorer=None) -> GalleryEngine:
 
 def recall_at(exact: np.ndarray, approx: np.ndarray, k: int = 10) -> float:
     return float(np.mean([len(set(e[:k]) & set(a[:k])) / k for e, a in zip(exact, approx)]))
+
+
+FAISS_OPENBLAS = """
+import json, os
+from threadpoolctl import threadpool_info
+from prost.gallery.store import faiss_module, faiss_openblas_core
+core = faiss_openblas_core()
+faiss_module()
+blas = [i["architecture"] for i in threadpool_info() if "faiss" in i["filepath"] and i["internal_api"] == "openblas"]
+print(json.dumps({"core": core, "faiss": blas, "left": os.environ.get("OPENBLAS_CORETYPE")}))
+"""
+
+
+def test_faiss_bundled_openblas_runs_the_kernels_of_this_cpu():
+    """With no OPENBLAS_CORETYPE, faiss-cpu's OpenBLAS 0.3.15 takes this CPU (newer than it) for a pre-AVX one and
+    encodes 2.5x slower; faiss_module imports it under the core this CPU runs, and leaves the environment as it was."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENBLAS_")}
+    out = json.loads(subprocess.run([sys.executable, "-c", FAISS_OPENBLAS], env=env, capture_output=True, text=True,
+                                    check=True, timeout=120).stdout)
+    if out["core"] is None:
+        pytest.skip("this CPU has neither AVX-512 nor AVX2 + FMA: OpenBLAS's own choice stands")
+    assert out["faiss"] == [out["core"]] and out["left"] is None
 
 
 def test_exact_mode_ranks_as_the_reference_similarity(real, graph, tmp_path):
