@@ -159,9 +159,11 @@ def _search(client: ProstClient, args: argparse.Namespace) -> int:
 
 def _index(client: ProstClient, args: argparse.Namespace) -> int:
     try:
-        remove = F.read_id_list(args.remove) if args.remove else []
+        remove = sorted(set(F.read_id_list(args.remove))) if args.remove else []
     except ValueError as exc:
         raise ClientError(str(exc)) from None
+    if args.remove and not remove:
+        raise ClientError(f"{args.remove} lists no video id (one a line)")
     if args.directory is None and not remove:
         raise ClientError("index needs a DIRECTORY of videos (or, with --incremental, --remove FILE alone)")
     videos: list[Path] = []

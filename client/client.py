@@ -5,10 +5,10 @@ publishing into a local served repository also uses the server's storage module 
 writer of `prost gallery build`), imported only then.
 
 Both clients share every decision. Each operation is written once, in `_Base`, as a plan: a generator that yields
-the Triton calls it needs (a `Call`, a list of calls that may run concurrently, or a `Sleep`) and receives their
-results; a failed call is thrown into it as a ClientError. ProstClient runs plans with blocking calls,
-AsyncProstClient with awaited ones (lists via asyncio.gather), so on AsyncProstClient every public method returns an
-awaitable of what ProstClient's returns.
+the Triton calls it needs (a `Call`, a list of calls that may run concurrently, a `Sleep`, or local blocking `Work`)
+and receives their results; a failed call is thrown into it as a ClientError. ProstClient runs plans with blocking
+calls, AsyncProstClient with awaited ones (lists via asyncio.gather, work in a worker thread), so on AsyncProstClient
+every public method returns an awaitable of what ProstClient's returns.
 """
 
 from __future__ import annotations
@@ -53,6 +53,14 @@ class Call:
 @dataclass(frozen=True)
 class Sleep:
     seconds: float
+
+
+@dataclass(frozen=True)
+class Work:
+    """Local blocking work of a plan (writing a gallery version: FAISS encoding can take minutes): ProstClient runs
+    it in place, AsyncProstClient in a worker thread, so its event loop keeps running."""
+
+    function: Callable[[], Any]
 
 
 Plan = Generator[Any, Any, Any]
@@ -325,11 +333,11 @@ class _Base:
     def _publish_gallery(self, videos, video_ids, repository, similarity_onnx, batch_size, progress,
                          keep_versions, on_invalid, change: _Change) -> Plan:
         ids = wire.video_ids_for(videos, video_ids)
-        _check_publish(repository, similarity_onnx, keep_versions, change)  # before encoding
+        _check_publish(videos, repository, similarity_onnx, keep_versions, change)  # before encoding
         key = yield from self._publish_key(repository)
         encoder = yield from self._video_encoder()
         objects, events, kept = yield from self._encode_videos(videos, batch_size, progress, on_invalid)
-        if videos and not kept and not change.incremental:
+        if videos and not kept and not change.remove:
             raise ClientError(f"none of the {len(videos)} videos could be read and encoded; nothing was published")
         ids = [ids[i] for i in kept]
         if (yield from self._video_encoder()) != encoder:
@@ -340,7 +348,7 @@ class _Base:
 
     def _publish_prototypes(self, video_ids, objects, events, repository, similarity_onnx, keep_versions,
                             video_encoder, change: _Change) -> Plan:
-        _check_publish(repository, similarity_onnx, keep_versions, change)
+        _check_publish(video_ids, repository, similarity_onnx, keep_versions, change)
         key = yield from self._publish_key(repository)
         if video_encoder is None:
             video_encoder = yield from self._video_encoder()
@@ -393,8 +401,9 @@ class _Base:
     def _publish(self, ids: list[str], objects: np.ndarray, events: np.ndarray, encoder: str,
                  repository: Path | None, similarity_onnx, keep_versions, key: str | None, change: _Change,
                  progress: bool) -> Plan:
-        """Publish a gallery version, after `_publish_key`'s checks: written into `repository` (the server's writer,
-        under the gallery's lock) or uploaded as one exact segment; then loaded and settled."""
+        """Publish a gallery version, after `_publish_key`'s checks: written into `repository` by the server's gallery
+        writer (a full version before taking the gallery's lock, an incremental one under it, from the newest version
+        there), or uploaded as one exact segment; then loaded and settled under the lock."""
         if repository is None:
             files = F.gallery_files(ids, objects, events, video_encoder=encoder)
             known = yield from self._gallery_states(key)
@@ -406,17 +415,15 @@ class _Base:
         repository = Path(repository)
         model_dir = repository / P.GALLERY_MODEL
         storage = _local_storage()
-
-        def write(staging: Path) -> None:  # the data of the next version, from the latest on disk
-            storage.write_gallery(staging, model_dir, ids, objects, events, video_encoder=encoder,
-                                  incremental=change.incremental, remove=change.remove, progress=progress)
-
+        write = Work(lambda: storage.write_gallery(staging, model_dir, ids, objects, events, video_encoder=encoder,
+                                                   incremental=change.incremental, remove=change.remove,
+                                                   progress=progress))
         with _storage_errors(storage):
             staging = storage.new_staging(model_dir)
         try:
             if not change.incremental:  # a full version needs no base: written before taking the lock
                 with _storage_errors(storage):
-                    write(staging)
+                    yield write
             lock = storage.DirectoryLock(model_dir, timeout=self._settle_seconds)
             deadline = time.monotonic() + lock.timeout
             while not lock.try_acquire():  # polled, so an asyncio loop keeps running while another publisher loads
@@ -427,7 +434,7 @@ class _Base:
                 known = yield from self._gallery_states(key)
                 with _storage_errors(storage):
                     if change.incremental:
-                        write(staging)
+                        yield write
                     version = storage.commit_gallery(repository, P.GALLERY_MODEL, staging, max(known, default=0) + 1)
                 yield from self._load(version, repository, key)
                 if keep_versions is not None:
@@ -507,14 +514,17 @@ class _Change:
     remove: Sequence[str] = ()
 
 
-def _check_publish(repository: Path | None, similarity_onnx, keep_versions: int | None, change: _Change) -> None:
-    """The argument checks of a publish, before any call or encoding."""
+def _check_publish(videos: Sequence, repository: Path | None, similarity_onnx, keep_versions: int | None,
+                   change: _Change) -> None:
+    """The argument checks of a publish (`videos`: those to add), before any call or encoding."""
     wire.check_keep_versions(keep_versions)
     if isinstance(change.remove, str):
         raise ClientError("remove takes a list of video ids, not one string")
     if change.remove and not change.incremental:
         raise ClientError("remove needs incremental=True (CLI: --incremental): a full version holds only the videos "
                           "given")
+    if change.incremental and not videos and not change.remove:
+        raise ClientError("an incremental version needs videos to add or ids to remove; nothing was published")
     if repository is None:
         if change.incremental:
             raise ClientError("an incremental version is written into the served repository: pass repository (CLI: "
@@ -585,6 +595,8 @@ class ProstClient(_Base):
             return [self._perform(s) for s in step]
         if isinstance(step, Sleep):
             return time.sleep(step.seconds)
+        if isinstance(step, Work):
+            return step.function()
         started, delay = time.monotonic(), None
         while True:  # a call, retried within its deadline while wire.retry_delay says so
             try:
@@ -631,6 +643,8 @@ class AsyncProstClient(_Base):
             return list(await asyncio.gather(*(self._perform(s) for s in step)))
         if isinstance(step, Sleep):
             return await asyncio.sleep(step.seconds)
+        if isinstance(step, Work):
+            return await asyncio.to_thread(step.function)
         started, delay = time.monotonic(), None
         while True:  # a call, retried within its deadline while wire.retry_delay says so
             try:

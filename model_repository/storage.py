@@ -3,10 +3,12 @@ per-model and repository locks, `manifest.json`, pruning, the server's key file,
 local publisher uses. Torch-free (the standard library, small prost modules, and prost.gallery's writer, imported
 when a gallery is written), so a client publishing into a local repository can share it.
 
-Concurrency: every writer of a model directory (`prost repository build`, `prost-client index`, ProstClient
-publishing) holds an exclusive `fcntl.flock` on `<model_dir>/.lock` from reading the latest version to renaming the
-new one into place, so two writers never pick the same number and a rebuild never copies a gallery that is being
-replaced. `manifest.json` read-modify-writes hold `<repository>/.lock`. Lock order: a model's lock, then the
+Concurrency: every writer of a model directory (`prost repository build`, `prost gallery build --repository`,
+`prost-client index`, ProstClient publishing) holds an exclusive `fcntl.flock` on `<model_dir>/.lock` while it numbers
+and renames a version into place, so two writers never pick the same number and a rebuild never copies a gallery that
+is being replaced. Gallery data that depends on no earlier version (a full build) is written in a staging folder
+before the lock is taken; an incremental client version is written under it, from the newest version; an
+incremental `prost gallery build` is refused at commit when its base is no longer the newest. `manifest.json` read-modify-writes hold `<repository>/.lock`. Lock order: a model's lock, then the
 repository's, never the reverse. flock locks belong to an open file, so they also exclude threads of one process.
 """
 
@@ -23,7 +25,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from prost.errors import GalleryError, RepositoryError
+from prost.errors import ProstError, RepositoryError
 from prost.fileio import fsync_path, link_or_copy, sha256_file, write_atomic, write_json_atomic
 from prost_client.gallery_format import MODEL_FILE, SIMILARITY_FILE, versions
 
@@ -61,8 +63,8 @@ class DirectoryLock:
 
     def busy_error(self) -> RepositoryError:
         return RepositoryError(f"{self.path.parent} is locked by another writer (`prost repository build`, "
-                           f"`prost-client index`) for more than {self.timeout:.0f} s; retry when it has finished "
-                           f"(lock file {self.path})")
+                               f"`prost gallery build`, `prost-client index`, a ProstClient publishing) for more than "
+                               f"{self.timeout:.0f} s; retry when it has finished (lock file {self.path})")
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
@@ -151,33 +153,34 @@ def write_gallery(staging: Path, model_dir: Path, video_ids: list[str], objects,
     try:
         next_version(staging, latest, ArrayPrototypes(video_ids, objects, events), video_encoder=video_encoder,
                      incremental=incremental, remove=remove, progress=progress)
-    except GalleryError as exc:
+    except ProstError as exc:  # a refusal (unknown id, wrong dims, the bf16 gate) or a missing package, as written
         raise RepositoryError(str(exc)) from exc
-    except OSError as exc:
+    except (OSError, RuntimeError, ImportError) as exc:  # the disk; FAISS's checks; torch for a bf16 gate
         raise RepositoryError(f"cannot write a version of {model_dir}: {exc}") from exc
 
 
 def commit_gallery(repository: Path, model: str, staging: Path, minimum: int) -> int:
     """Number a complete staging folder (`new_staging`) as the next gallery version, with model.py and
-    similarity.onnx hard-linked from the latest version where it has none, and list it in the manifest. The caller
-    holds the model's lock.
+    similarity.onnx hard-linked from the latest version where it has none (a client's), and list it in the
+    manifest. The caller holds the model's lock.
 
     `minimum` is above every version the server knows (an upload may have set one, a failed load may have left
     one): Triton's response cache is keyed by version, so a number is never reused for different content.
     """
     model_dir = Path(repository) / model
     existing = versions(model_dir)
-    if not existing:
-        raise RepositoryError(f"{model_dir} has no version directory; build it with `prost repository build`")
-    latest = model_dir / str(existing[-1])
     for name in (MODEL_FILE, SIMILARITY_FILE):
-        if not (latest / name).is_file():
-            raise RepositoryError(f"{latest / name} is missing; rebuild the repository with `prost repository build`")
-        if not (staging / name).exists():
-            try:
-                link_or_copy(latest / name, staging / name)
-            except OSError as exc:
-                raise RepositoryError(f"cannot write a version of {model_dir}: {exc}") from exc
+        if (staging / name).exists():
+            continue
+        if not existing:
+            raise RepositoryError(f"{model_dir} has no version directory; build it with `prost repository build`")
+        source = model_dir / str(existing[-1]) / name
+        if not source.is_file():
+            raise RepositoryError(f"{source} is missing; rebuild the repository with `prost repository build`")
+        try:
+            link_or_copy(source, staging / name)
+        except OSError as exc:
+            raise RepositoryError(f"cannot write a version of {model_dir}: {exc}") from exc
     read_manifest(repository)  # refuse before writing a version that could not be listed
     version = commit_version(model_dir, staging, max(minimum, version_floor(repository, model)))
     try:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from tritonclient.utils import InferenceServerException
 from prost.gallery import store as S
 from prost_client import errors, gallery_format as G, protocol as P, wire
 from prost_client.client import AsyncProstClient, ProstClient
+from prost_model_repository import storage
 from prost_model_repository.server import free_port
 
 CONSOLE = Path(sys.executable).parent / "prost-client"
@@ -118,18 +120,39 @@ def test_async_client_answers_like_the_sync_one(triton_server, client, published
     np.testing.assert_allclose(phrases, client.encode_texts(texts)[0], atol=1e-6)
 
 
-def test_async_publishing_uses_the_same_rules(triton_server, client, published_gallery, model_repository):
+def test_async_publishing_uses_the_same_rules(triton_server, client, published_gallery, model_repository,
+                                              monkeypatch):
+    """AsyncProstClient publishes as ProstClient does, full and incremental, and writes the version in a worker
+    thread (FAISS encoding would otherwise stop its event loop)."""
     _, ids, objects, events = published_gallery
+    on_loop_thread = []
+
+    def write_gallery(*args, **kwargs):
+        on_loop_thread.append(threading.current_thread() is threading.main_thread())
+        return original(*args, **kwargs)
+
+    original = storage.write_gallery
+    monkeypatch.setattr(storage, "write_gallery", write_gallery)
 
     async def run():
         async with AsyncProstClient(triton_server.url, timeout=60,
                                     repository_key=triton_server.repository_key) as c:
             with pytest.raises(errors.ClientError, match="load prost_gallery version"):
                 await c.publish_prototypes(ids[:1], objects[:1, :, :-1], events[:1], repository=model_repository)
-            return await c.publish_prototypes(ids, objects, events, repository=model_repository)
+            with pytest.raises(errors.ClientError, match="both added and removed: " + ids[0]):
+                await c.publish_prototypes(ids[:1], objects[:1], events[:1], repository=model_repository,
+                                           incremental=True, remove=ids[:2])
+            full = await c.publish_prototypes(ids, objects, events, repository=model_repository)
+            return full, await c.publish_prototypes([], objects[:0], events[:0], repository=model_repository,
+                                                    incremental=True, remove=ids[:1])
 
-    version = asyncio.run(run())
-    assert version == client.gallery_version() == G.versions(model_repository / "prost_gallery")[-1]
+    try:
+        full, version = asyncio.run(run())
+        assert version == client.gallery_version() == G.versions(model_repository / "prost_gallery")[-1] == full + 1
+        assert on_loop_thread == [False] * 4
+        assert {h.video_id for h in client.search("a cross", top_k=10)[0]} == set(ids[1:])
+    finally:
+        client.publish_prototypes(ids, objects, events, repository=model_repository)
 
 
 def test_cli_search_json(triton_server, published_gallery):

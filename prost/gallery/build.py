@@ -308,6 +308,10 @@ def update_version(out: Path, base: Path, *, add: Prototypes | None, remove: Ite
         raise GalleryError(f"{base} was encoded by video encoder {manifest['video_encoder_sha256']}, the new "
                            f"prototypes by {video_encoder}: rebuild the whole gallery instead")
     added = list(add.video_ids) if add is not None else []
+    both = sorted(remove & set(added))
+    if both:
+        raise GalleryError(f"{len(both)} id(s) both added and removed: {', '.join(both[:5])}; re-adding an id "
+                           f"replaces it, so list it in one place only")
     if add is not None:
         check_prototypes(add.video_ids, add.objects, add.events, source="added prototypes")
         _check_dims(add, objects_dims, events_dims)
@@ -349,15 +353,16 @@ def next_version(out: Path, latest: Path | None, prototypes: Prototypes, *, vide
                  incremental: bool = False, remove: Iterable[str] = (), chunk: int = DEFAULT_CHUNK,
                  progress: bool = True) -> dict:
     """The data of the gallery version after `latest` (a version directory; None before the first), as a client
-    publishes it: `prototypes` added to latest and `remove` hidden (incremental), or a full build of `prototypes`
-    that keeps latest's search parameters, objects dtype and fp16 store, so a gallery built large with
-    `prost gallery build` stays two-stage. Dims come from the prototypes; the load checks them against the graph."""
-    dims = {"objects_dims": list(prototypes.objects.shape[1:]), "events_dims": list(prototypes.events.shape[1:])}
+    publishes it: `prototypes` added to latest and `remove` hidden (incremental, checked against latest's dims), or a
+    full build of `prototypes` that keeps latest's search parameters, objects dtype and fp16 store, so a gallery
+    built large with `prost gallery build` stays two-stage (its dims are checked against the graph at load)."""
     if incremental:
         if latest is None:
             raise GalleryError("an incremental version needs a version to start from; publish the whole gallery first")
+        objects_dims, events_dims = version_dims(latest)
         return update_version(out, latest, add=prototypes if len(prototypes.video_ids) else None, remove=remove,
-                              video_encoder=video_encoder, chunk=chunk, progress=progress, **dims)
+                              video_encoder=video_encoder, objects_dims=objects_dims, events_dims=events_dims,
+                              chunk=chunk, progress=progress)
     if remove:
         raise GalleryError("removing videos needs an incremental version (a full one holds only the videos given)")
     manifest = S.read_manifest(latest) if latest is not None else None
@@ -367,8 +372,26 @@ def next_version(out: Path, latest: Path | None, prototypes: Prototypes, *, vide
         settings = {"params": S.SearchParams.from_json(manifest.get("search"), latest / S.GALLERY_FILE),
                     "objects_dtype": manifest.get("objects_dtype", "fp16"),
                     "options": IndexOptions(fp16_objects=index is None or index["fp16_objects"])}
-    return build_version(out, prototypes, video_encoder=video_encoder, chunk=chunk, progress=progress, **dims,
-                         **settings)
+    try:
+        return build_version(out, prototypes, video_encoder=video_encoder, objects_dims=prototypes.objects.shape[1:],
+                             events_dims=prototypes.events.shape[1:], chunk=chunk, progress=progress, **settings)
+    except GalleryError as exc:
+        if settings.get("objects_dtype") != "bf16":
+            raise
+        raise GalleryError(f"{exc} ({latest} stores bf16 objects, which a published version keeps: rebuild the "
+                           f"gallery with `prost gallery build --objects-dtype fp16` to publish these)") from None
+
+
+def version_dims(directory: Path) -> tuple[list[int], list[int]]:
+    """The objects [L, No, D] and events [Ne, D] dims a version directory stores (either layout)."""
+    manifest = S.read_manifest(directory)
+    if manifest is not None:
+        return list(manifest["objects"]), list(manifest["events"])
+    try:
+        header = G.safetensors_header(Path(directory) / G.TENSORS_FILE)[0]
+        return list(header["objects"]["shape"][1:]), list(header["events"]["shape"][1:])
+    except (OSError, ValueError, KeyError) as exc:
+        raise GalleryError(f"cannot read the dims of {directory / G.TENSORS_FILE}: {exc}") from None
 
 
 def _client_layout(base: Path, video_encoder: str, objects_dims: Sequence[int], events_dims: Sequence[int]) -> dict:

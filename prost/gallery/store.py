@@ -86,6 +86,7 @@ def faiss_module() -> Any:
     """The faiss module, or DependencyError naming the package. Its first import runs under `faiss_openblas_core`'s
     OPENBLAS_CORETYPE, restored after, so the OpenBLAS bundled in faiss-cpu does not fall back to generic kernels."""
     core = faiss_openblas_core() if "faiss" not in sys.modules else None
+    before = os.environ.get("OPENBLAS_CORETYPE")
     if core is not None:
         os.environ["OPENBLAS_CORETYPE"] = core
     try:
@@ -94,8 +95,10 @@ def faiss_module() -> Any:
         raise DependencyError("two-stage galleries need faiss: pip install faiss-cpu==1.15.1 (in the project's "
                               "dependencies), or faiss-gpu on GPU hosts") from exc
     finally:
-        if core is not None:
+        if core is not None and before is None:
             del os.environ["OPENBLAS_CORETYPE"]
+        elif core is not None:
+            os.environ["OPENBLAS_CORETYPE"] = before
     return faiss
 
 
