@@ -27,7 +27,7 @@ import numpy as np
 
 from prost.errors import DependencyError, GalleryError
 from prost.gallery.ranking import merge_top_k
-from prost.gallery.store import SearchParams, Version, faiss_module
+from prost.gallery.store import SearchParams, Segment, Version, faiss_module
 from prost_client import gallery_format as G, protocol as P
 
 SPLIT_ROWS = 32_768  # centroid interaction splits its rows across threads in pieces of at least this many
@@ -253,28 +253,39 @@ class GalleryEngine:
 
     def _by_events(self, sentence: np.ndarray, params: SearchParams) -> list[np.ndarray]:
         """Per text, each segment's `candidates` best live videos by S_es: the events index proposes `events_refine`
-        times as many event vectors as that takes (fast-scan codes, scanned exhaustively), their live videos re-scored
+        times as many live event vectors as that takes (fast-scan codes, scanned exhaustively), their videos re-scored
         exactly from the stored events. An older version's IVF index is searched over `nprobe` lists, every live video
         it finds kept, as before."""
         found_rows: list[list[np.ndarray]] = [[] for _ in range(len(sentence))]
         n_e, faiss = self.num_events, faiss_module()
         for segment, offset in zip(self.version.segments, self.offsets):
-            n = len(segment.ids)
-            if not n:
+            if not len(segment.ids):
                 continue
             ivf = faiss.try_extract_index_ivf(segment.events_index) is not None
-            proposals = params.candidates * (1 if ivf else params.events_refine)
-            wanted = min((proposals + len(segment.removed)) * n_e, n * n_e)  # removed videos take no place
             search = faiss.SearchParametersIVF(nprobe=params.nprobe) if ivf else None
-            _, found = segment.events_index.search(sentence, wanted, params=search)
-            for i in range(len(sentence)):
-                videos = np.unique(found[i][found[i] >= 0] // n_e)
-                videos = videos[self.alive[videos + offset]]
+            want = params.candidates * (1 if ivf else params.events_refine) * n_e
+            for i, videos in enumerate(self._live_proposals(segment, offset, sentence, want, search)):
                 if not ivf and len(videos) > params.candidates:
                     s_es = self._s_es(segment.events, videos, sentence[i])
                     videos = np.sort(videos[np.argpartition(-s_es, params.candidates - 1)[:params.candidates]])
                 found_rows[i].append(videos + offset)
         return [np.concatenate(rows) if rows else np.zeros(0, np.int64) for rows in found_rows]
+
+    def _live_proposals(self, segment: Segment, offset: int, sentence: np.ndarray, want: int,
+                        search: Any) -> list[np.ndarray]:
+        """Per text, the sorted videos (segment rows) of its `want` best event vectors of live videos, as if removed
+        videos were not in the index: it is asked for want / (live fraction) first, and twice as many while a text
+        got fewer live ones (and the index has more to give)."""
+        n_e, n = self.num_events, len(segment.ids)
+        live = self.alive[offset:offset + n]
+        k = min(n * n_e, -(-want * n // max(1, int(live.sum()))))
+        while True:
+            _, found = segment.events_index.search(sentence, k, params=search)
+            events = [f[f >= 0] for f in found]
+            kept = [e[live[e // n_e]][:want] for e in events]
+            if k == n * n_e or all(len(e) == want or len(f) < k for e, f in zip(kept, events)):
+                return [np.unique(e // n_e) for e in kept]
+            k = min(n * n_e, 2 * k)
 
     def _s_es(self, events: np.ndarray, rows: np.ndarray, sentence: np.ndarray) -> np.ndarray:
         """S_es [m] of a segment's ascending rows from its stored events, read in blocks of BLOCK_ELEMENTS."""
