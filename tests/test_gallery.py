@@ -232,6 +232,16 @@ def bf16_stores(trained, graph, tmp_path_factory):
                                                                   objects_dtype="bf16")
 
 
+def restore(client, repository: Path, published_gallery, latest: int) -> None:
+    """The session's gallery again, as the other tests expect it: the versions a test wrote after `latest` are
+    removed (a client publish would keep their search parameters), then its prototypes are published."""
+    _, ids, objects, events = published_gallery
+    for newer in G.versions(repository / P.GALLERY_MODEL):
+        if newer > latest:
+            shutil.rmtree(repository / P.GALLERY_MODEL / str(newer))
+    client.publish_prototypes(ids, objects, events, repository=repository)
+
+
 def test_client_publishing_writes_what_prost_gallery_build_writes(triton_server, client, published_gallery,
                                                                     model_repository, onnx_dir, real, tmp_path,
                                                                     capsys):
@@ -246,20 +256,22 @@ def test_client_publishing_writes_what_prost_gallery_build_writes(triton_server,
     B.write_prototypes(tmp_path / "protos.safetensors", grown)
     model_dir = model_repository / P.GALLERY_MODEL
 
+    latest = G.versions(model_repository / P.GALLERY_MODEL)[-1]
     try:
         assert main(["gallery", "build", "--prototypes", str(tmp_path / "protos.safetensors"), "--export",
                      str(onnx_dir), "--repository", str(model_repository), "--exact-below", "800",
                      "--candidates", "64"]) == 0
         client.reload_gallery()
         full = client.publish_prototypes(grown.video_ids[:1100], grown.objects[:1100], grown.events[:1100],
-                                         repository=model_repository)
+                                         repository=model_repository, keep_versions=None)  # restore's base stays
         manifest = json.loads((model_dir / str(full) / S.GALLERY_FILE).read_text())
         assert manifest["index"] is not None and manifest["search"]["candidates"] == 64  # kept from the build
         served_equals_local(client, capsys, model_repository, onnx_dir)
 
         gone = grown.video_ids[:1100:3]
         new = client.publish_prototypes(grown.video_ids[1100:], grown.objects[1100:], grown.events[1100:],
-                                        repository=model_repository, incremental=True, remove=gone)
+                                        repository=model_repository, incremental=True, remove=gone,
+                                        keep_versions=None)
         kept = model_dir / str(full) / "seg-000001"
         assert all(os.stat(f).st_ino == os.stat(model_dir / str(new) / "seg-000001" / f.name).st_ino
                    for f in kept.iterdir())
@@ -273,7 +285,7 @@ def test_client_publishing_writes_what_prost_gallery_build_writes(triton_server,
                                       incremental=True, remove=gone[:1])
         assert client.gallery_version() == new
     finally:
-        client.publish_prototypes(ids, objects, events, repository=model_repository)
+        restore(client, model_repository, published_gallery, latest)
     assert len(client.search(TEXTS[0], top_k=10)[0]) == len(ids)
 
 
@@ -437,6 +449,7 @@ def test_triton_serves_a_two_stage_version_as_prost_gallery_search(triton_server
     build_args = ["gallery", "build", "--prototypes", str(tmp_path / "protos.safetensors"), "--export", str(onnx_dir),
                   "--repository", str(model_repository), "--index", "yes", "--exact-below", "1",
                   "--candidates", "64"]
+    latest = G.versions(model_repository / P.GALLERY_MODEL)[-1]
     try:
         assert main(build_args) == 0
         version = client.reload_gallery()
@@ -451,8 +464,7 @@ def test_triton_serves_a_two_stage_version_as_prost_gallery_search(triton_server
         assert client.gallery_version() == version
         assert [h.video_id for h in client.search(TEXTS, top_k=5)[0]] == [h.video_id for h in served[0]]
     finally:
-        shutil.rmtree(model_repository / P.GALLERY_MODEL / str(G.versions(model_repository / P.GALLERY_MODEL)[-1]))
-        client.publish_prototypes(ids, objects, events, repository=model_repository)
+        restore(client, model_repository, published_gallery, latest)
     assert len(client.search(TEXTS[0], top_k=10)[0]) == len(ids)
 
 
@@ -466,6 +478,7 @@ def test_triton_serves_a_bf16_store_as_prost_gallery_search(triton_server, clien
     _, ids, objects, events = published_gallery
     prototypes, _, _ = trained
     B.write_prototypes(tmp_path / "protos.safetensors", prototypes)
+    latest = G.versions(model_repository / P.GALLERY_MODEL)[-1]
     try:
         assert main(["gallery", "build", "--prototypes", str(tmp_path / "protos.safetensors"), "--export",
                      str(onnx_dir), "--repository", str(model_repository), "--objects-dtype", "bf16"]) == 0
@@ -474,8 +487,7 @@ def test_triton_serves_a_bf16_store_as_prost_gallery_search(triton_server, clien
         assert f"prost_gallery version {version}: 200 videos, exact search, scored by bf16 GEMM (torch)" in \
             triton_server.log_path.read_text()
     finally:
-        shutil.rmtree(model_repository / P.GALLERY_MODEL / str(G.versions(model_repository / P.GALLERY_MODEL)[-1]))
-        client.publish_prototypes(ids, objects, events, repository=model_repository)
+        restore(client, model_repository, published_gallery, latest)
 
 
 def test_top_k_beyond_the_candidate_budget_and_bad_parameters(real, graph, tmp_path):
@@ -489,6 +501,17 @@ def test_top_k_beyond_the_candidate_budget_and_bad_parameters(real, graph, tmp_p
     assert np.all(np.diff(found.scores, axis=1) <= 0)
     with pytest.raises(GalleryError, match="positive integers"):
         S.SearchParams(nprobe=0)
+
+
+def test_auto_index_builds_exact_when_too_few_vectors_to_train(real, graph, tmp_path):
+    """`index` auto at exact_below 1 (a version a client publish inherits from) builds 2 videos exactly instead of
+    failing to train quantisers; asking for an index says why it cannot."""
+    prototypes, _, _ = real
+    two = B.ArrayPrototypes(prototypes.video_ids[:2], prototypes.objects[:2], prototypes.events[:2])
+    params = S.SearchParams(exact_below=1)
+    assert S.read_manifest(build(tmp_path / "auto", two, graph, params=params))["index"] is None
+    with pytest.raises(GalleryError, match="too few to train an index"):
+        build(tmp_path / "yes", two, graph, params=params, index=True)
 
 
 def test_incremental_builds_refuse_full_build_flags(onnx_dir, tmp_path, capsys):

@@ -31,6 +31,8 @@ CHECKPOINT_KEY = "checkpoint_sha256"  # prototypes-file metadata: the checkpoint
 DEFAULT_CHUNK = 4096  # videos per streamed chunk
 # A bf16 object store must keep recall@10 >= BF16_GATE against fp32 on GATE_QUERIES queries over GATE_VIDEOS videos.
 BF16_GATE, GATE_QUERIES, GATE_VIDEOS, GATE_TOP_K = 0.99, 64, 2000, 10
+# Fewest vectors the quantisers train on: 256 PQ centroids of object vectors; 16 for the events' 4-bit codes.
+MIN_OBJECT_VECTORS, MIN_EVENT_VECTORS = 256, 16
 
 
 class Prototypes(Protocol):
@@ -115,9 +117,10 @@ def train_index(prototypes: Prototypes, options: IndexOptions, progress: bool = 
     rows = np.sort(np.random.default_rng(options.seed).choice(n, min(n, options.train_videos), replace=False))
     objects = _float32(prototypes.objects, rows).reshape(-1, d)
     events = _float32(prototypes.events, rows).reshape(-1, d)
-    if len(objects) < 256 or len(events) < 16:
+    if len(objects) < MIN_OBJECT_VECTORS or len(events) < MIN_EVENT_VECTORS:
         raise GalleryError(f"{n} videos hold {len(objects)} object and {len(events)} event vectors, too few to train "
-                           f"an index (256 and 16 at least); build this gallery without one (exact search)")
+                           f"an index ({MIN_OBJECT_VECTORS} and {MIN_EVENT_VECTORS} at least); build this gallery "
+                           f"without one (exact search)")
     pq = options.pq_bytes or max(1, d // 8)
     if d % pq:
         raise GalleryError(f"--pq-bytes {pq} must divide the prototype dimension {d}")
@@ -240,15 +243,18 @@ def build_version(out: Path, prototypes: Prototypes, *, video_encoder: str, obje
                   options: IndexOptions = IndexOptions(), index: bool | None = None, objects_dtype: str = "fp16",
                   gate: bool = True, chunk: int = DEFAULT_CHUNK, progress: bool = True) -> dict:
     """Write a complete gallery version's data into the empty or new directory `out`; returns its gallery.json.
-    `index` None trains a two-stage index when the gallery has at least `params.exact_below` videos; `objects_dtype`
+    `index` None trains a two-stage index when the gallery has at least `params.exact_below` videos (and vectors
+    enough to train one); `objects_dtype`
     "bf16" stores the object prototypes in bfloat16 (scored by a bf16 GEMM where torch and the CPU run one), after
     `bf16_recall` passes BF16_GATE unless `gate` is False (benchmarks of random vectors)."""
     if objects_dtype not in G.OBJECT_DTYPES:
         raise GalleryError(f"objects dtype must be one of {', '.join(G.OBJECT_DTYPES)}, got {objects_dtype!r}")
     check_prototypes(prototypes.video_ids, prototypes.objects, prototypes.events, source="prototypes")
     _check_dims(prototypes, objects_dims, events_dims)
-    if index is None:
-        index = len(prototypes.video_ids) >= params.exact_below
+    if index is None:  # too few vectors to train quantisers: exact at any exact_below
+        n = len(prototypes.video_ids)
+        index = n >= params.exact_below and min(n * math.prod(prototypes.objects.shape[1:3]) / MIN_OBJECT_VECTORS,
+                                                n * prototypes.events.shape[1] / MIN_EVENT_VECTORS) >= 1
     if objects_dtype == "bf16" and index and not options.fp16_objects:
         raise GalleryError("--objects-dtype bf16 sets the dtype of the object store, which --no-fp16-store leaves out")
     if objects_dtype == "bf16" and gate:
