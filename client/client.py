@@ -163,7 +163,7 @@ class _Base:
         Without `on_invalid` the first video that cannot be read, or that the server refuses (undecodable, over its
         size or frame limits), raises, naming it, and nothing is published. With it, each such video is reported as
         on_invalid(video, reason) and left out of the gallery (publishing is refused when no video is left, unless
-        the version is incremental). See `publish_prototypes` for the other arguments.
+        the version removes ids). See `publish_prototypes` for the other arguments.
         """
         return self._run(self._publish_gallery(list(videos), video_ids, repository, similarity_onnx, batch_size,
                                                progress, keep_versions, on_invalid, _Change(incremental, remove)))

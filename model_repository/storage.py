@@ -8,7 +8,8 @@ Concurrency: every writer of a model directory (`prost repository build`, `prost
 and renames a version into place, so two writers never pick the same number and a rebuild never copies a gallery that
 is being replaced. Gallery data that depends on no earlier version (a full build) is written in a staging folder
 before the lock is taken; an incremental client version is written under it, from the newest version; an
-incremental `prost gallery build` is refused at commit when its base is no longer the newest. `manifest.json` read-modify-writes hold `<repository>/.lock`. Lock order: a model's lock, then the
+incremental `prost gallery build` is refused at commit when its base is no longer the newest. `manifest.json`
+read-modify-writes hold `<repository>/.lock`. Lock order: a model's lock, then the
 repository's, never the reverse. flock locks belong to an open file, so they also exclude threads of one process.
 """
 

@@ -243,18 +243,19 @@ def build_version(out: Path, prototypes: Prototypes, *, video_encoder: str, obje
                   options: IndexOptions = IndexOptions(), index: bool | None = None, objects_dtype: str = "fp16",
                   gate: bool = True, chunk: int = DEFAULT_CHUNK, progress: bool = True) -> dict:
     """Write a complete gallery version's data into the empty or new directory `out`; returns its gallery.json.
-    `index` None trains a two-stage index when the gallery has at least `params.exact_below` videos (and vectors
-    enough to train one); `objects_dtype`
-    "bf16" stores the object prototypes in bfloat16 (scored by a bf16 GEMM where torch and the CPU run one), after
-    `bf16_recall` passes BF16_GATE unless `gate` is False (benchmarks of random vectors)."""
+    `index` None trains a two-stage index when the gallery has at least `params.exact_below` videos and vectors
+    enough to train one; `objects_dtype` "bf16" stores the object prototypes in bfloat16 (scored by a bf16 GEMM
+    where torch and the CPU run one), after `bf16_recall` passes BF16_GATE unless `gate` is False (benchmarks of
+    random vectors)."""
     if objects_dtype not in G.OBJECT_DTYPES:
         raise GalleryError(f"objects dtype must be one of {', '.join(G.OBJECT_DTYPES)}, got {objects_dtype!r}")
     check_prototypes(prototypes.video_ids, prototypes.objects, prototypes.events, source="prototypes")
     _check_dims(prototypes, objects_dims, events_dims)
-    if index is None:  # too few vectors to train quantisers: exact at any exact_below
+    if index is None:
         n = len(prototypes.video_ids)
-        index = n >= params.exact_below and min(n * math.prod(prototypes.objects.shape[1:3]) / MIN_OBJECT_VECTORS,
-                                                n * prototypes.events.shape[1] / MIN_EVENT_VECTORS) >= 1
+        trainable = (n * math.prod(prototypes.objects.shape[1:3]) >= MIN_OBJECT_VECTORS
+                     and n * prototypes.events.shape[1] >= MIN_EVENT_VECTORS)
+        index = n >= params.exact_below and trainable
     if objects_dtype == "bf16" and index and not options.fp16_objects:
         raise GalleryError("--objects-dtype bf16 sets the dtype of the object store, which --no-fp16-store leaves out")
     if objects_dtype == "bf16" and gate:
