@@ -415,11 +415,11 @@ class _Base:
         repository = Path(repository)
         model_dir = repository / P.GALLERY_MODEL
         storage = _local_storage()
+        with _storage_errors(storage):
+            staging = storage.new_staging(model_dir)
         write = Work(lambda: storage.write_gallery(staging, model_dir, ids, objects, events, video_encoder=encoder,
                                                    incremental=change.incremental, remove=change.remove,
                                                    progress=progress))
-        with _storage_errors(storage):
-            staging = storage.new_staging(model_dir)
         try:
             if not change.incremental:  # a full version needs no base: written before taking the lock
                 with _storage_errors(storage):

@@ -97,7 +97,7 @@ def faiss_module() -> Any:
     finally:
         if core is not None and before is None:
             del os.environ["OPENBLAS_CORETYPE"]
-        elif core is not None:
+        elif core is not None:  # set, but empty
             os.environ["OPENBLAS_CORETYPE"] = before
     return faiss
 
