@@ -25,18 +25,27 @@ class BlockPrototypes:
         self.objects = _View(self, "objects", (self.size, *objects_dims))
         self.events = _View(self, "events", (self.size, *events_dims))
 
-    def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """Objects and events of rows [start, stop)."""
-        out_o, out_e = [], []
+    def rows(self, start: int, stop: int, name: str) -> np.ndarray:
+        """Rows [start, stop) of tensor `name` ("objects" or "events")."""
+        out = []
         for b in range(start // self.block, (stop - 1) // self.block + 1):
             lo, hi = b * self.block, min((b + 1) * self.block, self.size)
-            o, e = self._block(lo, hi)
-            take = slice(max(start, lo) - lo, min(stop, hi) - lo)
-            out_o.append(o[take])
-            out_e.append(e[take])
-        return np.concatenate(out_o), np.concatenate(out_e)
+            out.append(self._block(lo, hi, name)[max(start, lo) - lo:min(stop, hi) - lo])
+        return np.concatenate(out)
 
-    def _block(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    def take(self, rows: np.ndarray, name: str) -> np.ndarray:
+        """Tensor `name` at the given rows (any order), each block made once."""
+        out = np.empty((len(rows), *getattr(self, name).shape[1:]), np.float32)
+        if not len(rows):
+            return out
+        order = np.argsort(rows // self.block, kind="stable")
+        starts = np.flatnonzero(np.diff(rows[order] // self.block, prepend=-1))
+        for where in np.split(order, starts[1:]):
+            lo = int(rows[where[0]]) // self.block * self.block
+            out[where] = self._block(lo, min(lo + self.block, self.size), name)[rows[where] - lo]
+        return out
+
+    def _block(self, lo: int, hi: int, name: str) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -47,10 +56,18 @@ class RandomUnit(BlockPrototypes):
                  block: int = 1024) -> None:
         super().__init__([f"random-{i:07d}" for i in range(size)], objects_dims, events_dims, seed, block)
 
-    def _block(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.default_rng([self.seed, lo])
-        return (unit(rng.standard_normal((hi - lo, *self.objects.shape[1:]), np.float32)),
-                unit(rng.standard_normal((hi - lo, *self.events.shape[1:]), np.float32)))
+    def _block(self, lo: int, hi: int, name: str) -> np.ndarray:
+        return self.take(np.arange(lo, hi), name)
+
+    def take(self, rows: np.ndarray, name: str) -> np.ndarray:
+        """Each row from its own generator (seed, row, tensor), normalised while in cache: a sample of rows costs
+        only those rows, and objects never make events (about 0.3 ms a ViT-B/32 video for each tensor)."""
+        out = np.empty((len(rows), *getattr(self, name).shape[1:]), np.float32)
+        for i, row in enumerate(rows):
+            x = out[i]
+            np.random.default_rng([self.seed, int(row), name == "events"]).standard_normal(x.shape, np.float32, out=x)
+            x /= np.sqrt(np.einsum("...d,...d->...", x, x))[..., None]
+        return out
 
 
 class Grown(BlockPrototypes):
@@ -67,7 +84,7 @@ class Grown(BlockPrototypes):
         ids = list(pool.video_ids[:self.real]) + [f"distractor-{i:07d}" for i in range(size - self.real)]
         super().__init__(ids, self.pool_objects.shape[1:], self.pool_events.shape[1:], seed, block)
 
-    def _block(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    def _block(self, lo: int, hi: int, name: str) -> np.ndarray:
         real = slice(lo, min(hi, self.real))
         objects, events = [self.pool_objects[real]], [self.pool_events[real]]
         n = hi - max(lo, self.real)
@@ -85,7 +102,7 @@ class Grown(BlockPrototypes):
             e = unit(e + rng.standard_normal(e.shape, np.float32) * (NOISE / np.sqrt(d)))
             objects.append(o)
             events.append(e)
-        return np.concatenate(objects), np.concatenate(events)
+        return np.concatenate(objects if name == "objects" else events)
 
 
 class _View:
@@ -97,12 +114,5 @@ class _View:
     def __getitem__(self, index):
         if isinstance(index, slice):
             start, stop, _ = index.indices(self.shape[0])
-            return self.owner.rows(start, stop)[0 if self.name == "objects" else 1]
-        rows = np.asarray(index)
-        out = np.zeros((len(rows), *self.shape[1:]), np.float32)
-        block = self.owner.block
-        for b in np.unique(rows // block):  # each block made once
-            where = np.flatnonzero(rows // block == b)
-            made = self.owner.rows(int(b) * block, min((int(b) + 1) * block, self.shape[0]))
-            out[where] = made[0 if self.name == "objects" else 1][rows[where] - int(b) * block]
-        return out
+            return self.owner.rows(start, stop, self.name)
+        return self.owner.take(np.asarray(index), self.name)
