@@ -25,6 +25,8 @@ from prost_export.specs import graph_specs
 from prost_model_repository import storage
 from prost_model_repository.graph_rewrite import with_float16_inputs
 
+OVERRIDABLE = [f.name for f in fields(SearchParams) if f.name != "exact_below"]  # `search` flags of one query
+
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
     """`prost gallery` and its actions."""
@@ -80,7 +82,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     search.add_argument("--top-k", type=int, default=int(P.DEFAULT_TOP_K), help="results per text")
     search.add_argument("--mode", choices=("auto", "exact", "two-stage"), default="auto",
                         help="auto: the version's choice by size")
-    for name in ("nprobe", "candidates", "rerank", "events_refine"):
+    for name in OVERRIDABLE:
         search.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"override the version's {name}")
     search.add_argument("--json", action="store_true", help="print JSON")
     search.set_defaults(func=_search)
@@ -225,8 +227,7 @@ def _search(args: argparse.Namespace) -> int:
     phrases, sentence = text.run([P.PHRASE_PROTOTYPES, P.SENTENCE_EMBEDDING],
                                  {P.TOKEN_IDS: tokenize(args.texts, config.max_words).astype(np.int32)})
     mode = None if args.mode == "auto" else args.mode
-    params = with_overrides(engine.version.params, nprobe=args.nprobe, candidates=args.candidates, rerank=args.rerank,
-                            events_refine=args.events_refine)
+    params = with_overrides(engine.version.params, **{name: getattr(args, name) for name in OVERRIDABLE})
     started = time.perf_counter()
     found = engine.search(phrases, sentence, args.top_k, params=params, mode=mode)
     elapsed = time.perf_counter() - started

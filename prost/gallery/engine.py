@@ -5,8 +5,8 @@ gallery always did). Two-stage mode, for versions with an index and at least `ex
   1. candidates: the `candidates` best videos by S_es (a maximum inner product over each video's Ne event vectors):
      an exhaustive fast-scan of 4-bit PQ codes proposes `events_refine` times as many event vectors, re-scored exactly
      from the stored events, ids deduplicated; united with the `candidates` best by centroid interaction among
-     the videos listed under the `nprobe` object centroids nearest to the phrases (PLAID), so videos that win on
-     objects are not lost;
+     the videos listed under the `nprobe` object centroids nearest to the phrases (PLAID; pruned by their postings
+     first when they would take more than `interaction` centroid lookups), so videos that win on objects are not lost;
   2. approximate S = S_es (exact, from the stored events) + beta * S_op from the object codes (IVF coarse centroid +
      PQ residual, ColBERTv2's compression), decoded for the candidates only;
   3. the best `rerank` by approximate S are scored exactly by the similarity graph on the fp16 store (or keep the
@@ -295,24 +295,40 @@ class GalleryEngine:
 
     def _by_objects(self, phrases: np.ndarray, params: SearchParams) -> np.ndarray:
         """PLAID's candidate generation for S_op: the videos listed under each phrase's `nprobe` nearest coarse
-        centroids, ranked by centroid interaction (S_op with each object replaced by its centroid); the best
-        `candidates` rows."""
+        centroids, pruned by their postings (`_prune`) to as many as `interaction` centroid lookups cover, ranked by
+        centroid interaction (S_op with each object replaced by its centroid); the best `candidates` rows."""
         codec = self.version.codec
         table = phrases @ codec.centroids.T  # [Np, lists]
         best = table.max(0)  # each centroid's best phrase
         probe = min(params.nprobe, len(best))
         lists = (np.unique(np.argpartition(-table, probe - 1, axis=1)[:, :probe]) if probe < len(best)
                  else np.arange(len(best)))
+        postings = [(np.concatenate([segment.rows[segment.offsets[c]:segment.offsets[c + 1]] for c in lists]),
+                     np.diff(segment.offsets)[lists], offset)
+                    for segment, offset in zip(self.version.segments, self.offsets) if len(segment.ids)]
         listed = np.zeros(len(self.alive), bool)  # a mask, not np.unique: lists hold ~10^5 rows at 1M videos
-        for segment, offset in zip(self.version.segments, self.offsets):
-            if len(segment.ids):
-                listed[np.concatenate([segment.rows[segment.offsets[c]:segment.offsets[c + 1]] for c in lists])
-                       + offset] = True
-        rows = np.flatnonzero(listed & self.alive)
+        for rows, _, offset in postings:
+            listed[rows + offset] = True
+        listed &= self.alive
+        rows = np.flatnonzero(listed)
+        keep = max(params.candidates, params.interaction // self.slots)
+        if len(rows) > keep:
+            rows = self._prune(best[lists] - best[lists].min(), postings, listed, keep)
         if len(rows) > params.candidates:
             s_op = self._centroid_interaction(best, rows)
             rows = np.sort(rows[np.argpartition(-s_op, params.candidates - 1)[:params.candidates]])
         return rows
+
+    def _prune(self, weights: np.ndarray, postings: list[tuple[np.ndarray, np.ndarray, int]], listed: np.ndarray,
+               keep: int) -> np.ndarray:
+        """The `keep` listed live rows (ascending) with the largest sum of `weights` over the probed lists that hold them
+        (each list's best phrase score above the lowest probed one's): PLAID's centroid pruning, from the postings
+        alone, so centroid interaction scores a bounded number of videos however many the lists hold."""
+        score = np.zeros(len(self.alive))
+        for rows, sizes, offset in postings:
+            score[offset:offset + int(np.max(rows, initial=-1)) + 1] += np.bincount(rows, np.repeat(weights, sizes))
+        score[~listed] = -1.0
+        return np.sort(np.argpartition(-score, keep - 1)[:keep])
 
     def _centroid_interaction(self, best: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """S_op [m] of ascending gallery rows with each object replaced by its coarse centroid (`best`: each centroid's
