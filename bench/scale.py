@@ -159,17 +159,17 @@ def run_setting(name: str, pool, queries, sizes: list[int], args, work: Path, ro
         probe_out = run_probe(version, dims, phrases, sentence, SWEEP if not args.smoke else SWEEP[-2:], args.threads,
                               work)
         exact = exact_top(version, dims, phrases, sentence) if size <= args.exact_limit else None
-        index_bytes = disk_bytes(version) - (version / "seg-000001" / "gallery.safetensors").stat().st_size
-        if codes_only:  # its gallery.safetensors holds the events alone
-            index_bytes += size * np.prod(dims[1]) * 2
+        disk = disk_bytes(version)
+        without = disk if codes_only else (disk - (version / "seg-000001" / "gallery.safetensors").stat().st_size
+                                           + size * np.prod(dims[1]) * 2)  # the store's events stay
         for setting in probe_out["settings"]:
-            row = {"setting": name, "videos": size, "fp16_objects": not codes_only, "nprobe": setting["nprobe"], "candidates": setting["candidates"],
+            row = {"setting": name, "videos": size, "fp16_objects": not codes_only, "nprobe": setting["nprobe"],
+                   "candidates": setting["candidates"],
                    "recall@1": recall(exact, setting["rows"], 1) if exact is not None else None,
                    "recall@10": recall(exact, setting["rows"], 10) if exact is not None else None,
                    "p50_ms": setting["p50_ms"], "p99_ms": setting["p99_ms"], "batch32_qps": setting["batch32_qps"],
                    "peak_rss_gib": probe_out["peak_rss_gib"], "rss_anon_gib": probe_out["rss_anon_gib"],
-                   "disk_bytes_per_video": disk_bytes(version) / size,
-                   "disk_bytes_per_video_without_fp16_objects": (index_bytes + size * np.prod(dims[1]) * 2) / size,
+                   "disk_bytes_per_video": disk / size, "disk_bytes_per_video_without_fp16_objects": without / size,
                    "build_s": build_s, "load_s": probe_out["load_s"]}
             if truth_ids is not None:
                 ids = grown.video_ids

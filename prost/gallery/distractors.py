@@ -66,7 +66,7 @@ class RandomUnit(BlockPrototypes):
         for i, row in enumerate(rows):
             x = out[i]
             np.random.default_rng([self.seed, int(row), name == "events"]).standard_normal(x.shape, np.float32, out=x)
-            x /= np.sqrt(np.einsum("...d,...d->...", x, x))[..., None]
+            x /= np.maximum(np.sqrt(np.einsum("...d,...d->...", x, x)), 1e-12)[..., None]
         return out
 
 

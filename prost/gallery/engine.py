@@ -295,40 +295,38 @@ class GalleryEngine:
 
     def _by_objects(self, phrases: np.ndarray, params: SearchParams) -> np.ndarray:
         """PLAID's candidate generation for S_op: the videos listed under each phrase's `nprobe` nearest coarse
-        centroids, pruned by their postings (`_prune`) to as many as `interaction` centroid lookups cover, ranked by
-        centroid interaction (S_op with each object replaced by its centroid); the best `candidates` rows."""
+        centroids, pruned by their postings (`_prune`) to as many as `interaction` centroid lookups cover (`candidates`
+        at least), ranked by centroid interaction (S_op with each object replaced by its centroid); the best
+        `candidates` rows."""
         codec = self.version.codec
         table = phrases @ codec.centroids.T  # [Np, lists]
         best = table.max(0)  # each centroid's best phrase
         probe = min(params.nprobe, len(best))
         lists = (np.unique(np.argpartition(-table, probe - 1, axis=1)[:, :probe]) if probe < len(best)
                  else np.arange(len(best)))
-        postings = [(np.concatenate([segment.rows[segment.offsets[c]:segment.offsets[c + 1]] for c in lists]),
-                     np.diff(segment.offsets)[lists], offset)
-                    for segment, offset in zip(self.version.segments, self.offsets) if len(segment.ids)]
+        held = [(np.concatenate([segment.rows[segment.offsets[c]:segment.offsets[c + 1]] for c in lists]) + offset,
+                 np.diff(segment.offsets)[lists]) for segment, offset in zip(self.version.segments, self.offsets)
+                if len(segment.ids)]
+        entries = np.concatenate([e for e, _ in held])  # gallery rows, one per (probed list, video it holds)
         listed = np.zeros(len(self.alive), bool)  # a mask, not np.unique: lists hold ~10^5 rows at 1M videos
-        for rows, _, offset in postings:
-            listed[rows + offset] = True
-        listed &= self.alive
-        rows = np.flatnonzero(listed)
+        listed[entries] = True
+        rows = np.flatnonzero(listed & self.alive)
         keep = max(params.candidates, params.interaction // self.slots)
         if len(rows) > keep:
-            rows = self._prune(best[lists] - best[lists].min(), postings, listed, keep)
+            weights = best[lists] - best[lists].min()  # each probed list's best phrase score above the lowest one's
+            rows = self._prune(np.repeat(np.tile(weights, len(held)), np.concatenate([n for _, n in held])), entries,
+                               rows, keep)
         if len(rows) > params.candidates:
             s_op = self._centroid_interaction(best, rows)
             rows = np.sort(rows[np.argpartition(-s_op, params.candidates - 1)[:params.candidates]])
         return rows
 
-    def _prune(self, weights: np.ndarray, postings: list[tuple[np.ndarray, np.ndarray, int]], listed: np.ndarray,
-               keep: int) -> np.ndarray:
-        """The `keep` listed live rows (ascending) with the largest sum of `weights` over the probed lists that hold them
-        (each list's best phrase score above the lowest probed one's): PLAID's centroid pruning, from the postings
-        alone, so centroid interaction scores a bounded number of videos however many the lists hold."""
-        score = np.zeros(len(self.alive))
-        for rows, sizes, offset in postings:
-            score[offset:offset + int(np.max(rows, initial=-1)) + 1] += np.bincount(rows, np.repeat(weights, sizes))
-        score[~listed] = -1.0
-        return np.sort(np.argpartition(-score, keep - 1)[:keep])
+    def _prune(self, weights: np.ndarray, entries: np.ndarray, rows: np.ndarray, keep: int) -> np.ndarray:
+        """The `keep` (fewer than them) of the listed live `rows` with the largest sum of their `entries`' `weights`
+        (a weight per posting), ascending: after PLAID's centroid pruning, from the postings alone, so centroid
+        interaction scores a bounded number of videos however many the probed lists hold."""
+        score = np.bincount(entries, weights, minlength=len(self.alive))
+        return np.sort(rows[np.argpartition(-score[rows], keep - 1)[:keep]])
 
     def _centroid_interaction(self, best: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """S_op [m] of ascending gallery rows with each object replaced by its coarse centroid (`best`: each centroid's

@@ -62,7 +62,7 @@ class SearchParams:
     candidates: int = 256  # videos from each candidate source: S_es (events index) and S_op (centroid interaction)
     events_refine: int = 4  # event vectors the fast-scan codes propose per wanted one, re-scored from the fp16 store
     rerank: int = 256  # best approximate videos scored exactly (the fp16 store) for the final top-k
-    interaction: int = 2 ** 25  # centroid lookups (videos x object slots) per text; beyond, postings prune videos
+    interaction: int = 2 ** 25  # centroid lookups (videos x objects) a text; beyond, postings prune the videos
 
     def __post_init__(self) -> None:
         bad = {f.name: getattr(self, f.name) for f in fields(self)
