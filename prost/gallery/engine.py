@@ -308,7 +308,7 @@ class GalleryEngine:
                  np.diff(segment.offsets)[lists]) for segment, offset in zip(self.version.segments, self.offsets)
                 if len(segment.ids)]
         entries = np.concatenate([e for e, _ in held])  # gallery rows, one per (probed list, video it holds)
-        listed = np.zeros(len(self.alive), bool)  # a mask, not np.unique: lists hold ~10^5 rows at 1M videos
+        listed = np.zeros(len(self.alive), bool)  # a mask, not np.unique: the lists hold millions of postings at 1M
         listed[entries] = True
         rows = np.flatnonzero(listed & self.alive)
         keep = max(params.candidates, params.interaction // self.slots)
@@ -322,8 +322,8 @@ class GalleryEngine:
         return rows
 
     def _prune(self, weights: np.ndarray, entries: np.ndarray, rows: np.ndarray, keep: int) -> np.ndarray:
-        """The `keep` (fewer than them) of the listed live `rows` with the largest sum of their `entries`' `weights`
-        (a weight per posting), ascending: after PLAID's centroid pruning, from the postings alone, so centroid
+        """The `keep` (< len(rows)) of the listed live `rows` with the largest sum of their `entries`' `weights` (one
+        weight per posting), ascending: after PLAID's centroid pruning, from the postings alone, so centroid
         interaction scores a bounded number of videos however many the probed lists hold."""
         score = np.bincount(entries, weights, minlength=len(self.alive))
         return np.sort(rows[np.argpartition(-score[rows], keep - 1)[:keep]])
