@@ -149,8 +149,8 @@ def run_setting(name: str, pool, queries, sizes: list[int], args, work: Path, ro
         shutil.rmtree(version, ignore_errors=True)
         grown = Grown(pool, size, seed=args.seed) if pool is not None else RandomUnit(size, *VITB_DIMS, args.seed)
         codes_only = size > args.exact_limit  # vit-b-32 at 1M: the fp16 store would be 147 GB
-        options = B.IndexOptions(fp16_objects=False, objects_lists=args.codes_only_lists) if codes_only else \
-            B.IndexOptions()
+        options = (B.IndexOptions(fp16_objects=False, objects_lists=args.codes_only_lists) if codes_only
+                   else B.IndexOptions())
         t0 = time.perf_counter()
         B.build_version(version, grown, video_encoder=STAMP, objects_dims=dims[0], events_dims=dims[1],
                         index=True, params=S.SearchParams(exact_below=1), options=options, progress=not args.smoke)
