@@ -21,8 +21,8 @@ from prost.fileio import sha256_file
 from prost.gallery import build as B
 from prost.gallery import store as S
 from prost.gallery.distractors import Grown, RandomUnit, unit
-from prost.gallery.engine import (GalleryEngine, OnnxScorer, TorchBf16Scorer, bf16_unavailable, make_scorer,
-                                  similarity_session)
+from prost.gallery.engine import (LOWEST_LIST_WEIGHT, GalleryEngine, OnnxScorer, TorchBf16Scorer, bf16_unavailable,
+                                  make_scorer, similarity_session)
 from prost.model.similarity import DEFAULT_BLOCK_ELEMENTS
 from prost_client import errors
 from prost_client import gallery_format as G, protocol as P
@@ -226,15 +226,18 @@ def test_pruning_keeps_the_best_listed_live_videos_by_their_postings(random_vers
         for segment, offset in zip(gallery.version.segments, gallery.offsets):
             for c in lists:
                 held = segment.rows[segment.offsets[c]:segment.offsets[c + 1]] + offset
-                sums[held] += best[c] - best[lists].min()
+                sums[held] += best[c] - best[lists].min() + LOWEST_LIST_WEIGHT
                 listed[held] = True
         live = np.flatnonzero(listed & gallery.alive)
+        score = gallery._postings_score(lists, best[lists] - best[lists].min() + LOWEST_LIST_WEIGHT)
+        np.testing.assert_array_equal(np.flatnonzero(score), live)  # one pass: listed, live, and their sums
+        np.testing.assert_allclose(score[live], sums[live], rtol=1e-5)
         seen = []
         gallery._prune = lambda *a: seen.append(GalleryEngine._prune(gallery, *a)) or seen[-1]
         gallery._by_objects(p, replace(params, interaction=keep * gallery.slots, candidates=64))
         assert len(live) > keep and len(seen) == 1 and len(seen[0]) == keep
         assert np.isin(seen[0], live).all()  # neither removed nor unlisted
-        assert sums[seen[0]].min() >= np.sort(sums[live])[-keep] - 1e-9  # the largest sums, ties aside
+        assert sums[seen[0]].min() >= np.sort(sums[live])[-keep] - 1e-5  # the largest sums, float32 ties aside
         gallery._by_objects(p, replace(params, interaction=len(live) * gallery.slots, candidates=64))
         assert len(seen) == 1  # lookups for every listed video: nothing pruned
         del gallery._prune

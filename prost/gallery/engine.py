@@ -31,6 +31,7 @@ from prost.gallery.store import SearchParams, Segment, Version, faiss_module
 from prost_client import gallery_format as G, protocol as P
 
 SPLIT_ROWS = 32_768  # centroid interaction splits its rows across threads in pieces of at least this many
+LOWEST_LIST_WEIGHT = 1e-6  # a probed list's postings weight above the lowest one's: every listed video scores > 0
 
 
 class Scorer(Protocol):
@@ -166,6 +167,7 @@ class GalleryEngine:
         self.ids = [v for s in version.segments for v in s.ids]
         self.offsets = np.cumsum([0] + [len(s.ids) for s in version.segments])
         self.alive = np.array([v not in s.removed for s in version.segments for v in s.ids], bool)
+        self.removed = np.flatnonzero(~self.alive)
         self.size = int(self.alive.sum())
         self.num_objects, self.num_events = version.objects_dims[1], version.events_dims[0]
         self.slots = version.objects_dims[0] * version.objects_dims[1]
@@ -304,28 +306,34 @@ class GalleryEngine:
         probe = min(params.nprobe, len(best))
         lists = (np.unique(np.argpartition(-table, probe - 1, axis=1)[:, :probe]) if probe < len(best)
                  else np.arange(len(best)))
-        held = [(np.concatenate([segment.rows[segment.offsets[c]:segment.offsets[c + 1]] for c in lists]) + offset,
-                 np.diff(segment.offsets)[lists]) for segment, offset in zip(self.version.segments, self.offsets)
-                if len(segment.ids)]
-        entries = np.concatenate([e for e, _ in held])  # gallery rows, one per (probed list, video it holds)
-        listed = np.zeros(len(self.alive), bool)  # a mask, not np.unique: the lists hold millions of postings at 1M
-        listed[entries] = True
-        rows = np.flatnonzero(listed & self.alive)
+        score = self._postings_score(lists, best[lists] - best[lists].min() + LOWEST_LIST_WEIGHT)
+        rows = np.flatnonzero(score)  # listed and live
         keep = max(params.candidates, params.interaction // self.slots)
         if len(rows) > keep:
-            weights = best[lists] - best[lists].min()  # each probed list's best phrase score above the lowest one's
-            rows = self._prune(np.repeat(np.tile(weights, len(held)), np.concatenate([n for _, n in held])), entries,
-                               rows, keep)
+            rows = self._prune(score, rows, keep)
         if len(rows) > params.candidates:
             s_op = self._centroid_interaction(best, rows)
             rows = np.sort(rows[np.argpartition(-s_op, params.candidates - 1)[:params.candidates]])
         return rows
 
-    def _prune(self, weights: np.ndarray, entries: np.ndarray, rows: np.ndarray, keep: int) -> np.ndarray:
-        """The `keep` (< len(rows)) of the listed live `rows` with the largest sum of their `entries`' `weights` (one
-        weight per posting), ascending: after PLAID's centroid pruning, from the postings alone, so centroid
-        interaction scores a bounded number of videos however many the probed lists hold."""
-        score = np.bincount(entries, weights, minlength=len(self.alive))
+    def _postings_score(self, lists: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Per gallery row, the sum of the `weights` of the probed `lists` that hold it (float32; 0 for removed rows
+        and rows no probed list holds): one scatter-add per list and segment, so a single pass over the postings gives
+        both the listed videos and their pruning score, without a weight per posting."""
+        score = np.zeros(len(self.alive), np.float32)
+        for segment, offset in zip(self.version.segments, self.offsets):
+            if not len(segment.ids):
+                continue
+            held = score[offset:offset + len(segment.ids)]
+            for c, weight in zip(lists, weights.astype(np.float32)):
+                np.add.at(held, segment.rows[segment.offsets[c]:segment.offsets[c + 1]], weight)
+        score[self.removed] = 0
+        return score
+
+    def _prune(self, score: np.ndarray, rows: np.ndarray, keep: int) -> np.ndarray:
+        """The `keep` (< len(rows)) of the listed live `rows` with the largest postings `score`, ascending: after
+        PLAID's centroid pruning, from the postings alone, so centroid interaction scores a bounded number of videos
+        however many the probed lists hold."""
         return np.sort(rows[np.argpartition(-score[rows], keep - 1)[:keep]])
 
     def _centroid_interaction(self, best: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -438,7 +438,8 @@ def _attach_index(segment: Segment, entry: dict, objects_dims: list[int], events
     if (rows is None or offsets[0] != 0 or offsets[-1] != len(rows) or np.any(np.diff(offsets) < 0)
             or (len(rows) and (np.min(rows) < 0 or np.max(rows) >= n))):
         raise GalleryError(f"{segment.path / POSTINGS_FILE}: its offsets and rows do not index this segment")
-    segment.codes, segment.offsets, segment.rows = arrays["codes"], offsets, rows
+    segment.codes, segment.offsets = arrays["codes"], offsets
+    segment.rows = np.asarray(rows)  # a plain ndarray view: search slices it once per probed list
     segment.coarse = slot_major(codec.coarse_view(arrays["codes"]))
     events = segment.path / EVENTS_INDEX
     segment.events_index = read_index(events, sizes.get(EVENTS_INDEX, -1), n * events_dims[0], events_dims[-1],
