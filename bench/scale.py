@@ -124,6 +124,21 @@ def run_probe(version: Path, dims, phrases, sentence, sweep, threads: int, work:
     return json.loads(result.read_text())
 
 
+def median_probe(runs: list[dict]) -> dict:
+    """One probe result from runs of the same probe: per setting the median p50, p99 and batch rate (and each run's
+    p50), the largest load time and RSS; the rows of the first run (search is deterministic)."""
+    settings = []
+    for i, first in enumerate(runs[0]["settings"]):
+        each = [run["settings"][i] for run in runs]
+        qps = [s["batch32_qps"] for s in each if s["batch32_qps"] is not None]
+        settings.append({**first, "p50_ms": statistics.median(s["p50_ms"] for s in each),
+                         "p99_ms": statistics.median(s["p99_ms"] for s in each),
+                         "batch32_qps": statistics.median(qps) if qps else None,
+                         "p50_runs_ms": [s["p50_ms"] for s in each]})
+    return {**{key: max(run[key] for run in runs) for key in ("load_s", "peak_rss_gib", "rss_anon_gib")},
+            "settings": settings}
+
+
 def exact_top(version: Path, dims, phrases, sentence) -> np.ndarray:
     """Exact top-k gallery rows per query (the engine's exact mode over the fp16 store)."""
     scorer = OnnxScorer(similarity_session(version / "similarity.onnx"), 1.0)
@@ -146,18 +161,21 @@ def run_setting(name: str, pool, queries, sizes: list[int], args, work: Path, ro
     dims = [list(shapes[0]), list(shapes[1])]
     for size in sizes:
         version = work / f"{name}-{size}"
-        shutil.rmtree(version, ignore_errors=True)
         grown = Grown(pool, size, seed=args.seed) if pool is not None else RandomUnit(size, *VITB_DIMS, args.seed)
         codes_only = size > args.exact_limit  # vit-b-32 at 1M: the fp16 store would be 147 GB
-        options = (B.IndexOptions(fp16_objects=False, objects_lists=args.codes_only_lists) if codes_only
-                   else B.IndexOptions())
-        t0 = time.perf_counter()
-        B.build_version(version, grown, video_encoder=STAMP, objects_dims=dims[0], events_dims=dims[1],
-                        index=True, params=S.SearchParams(exact_below=1), options=options, progress=not args.smoke)
-        build_s = time.perf_counter() - t0
+        reused = args.reuse and (version / S.GALLERY_FILE).is_file()  # kept by an earlier run: probed again
+        build_s = None  # not measured for a reused version
+        if not reused:
+            shutil.rmtree(version, ignore_errors=True)
+            options = (B.IndexOptions(fp16_objects=False, objects_lists=args.codes_only_lists) if codes_only
+                       else B.IndexOptions())
+            t0 = time.perf_counter()
+            B.build_version(version, grown, video_encoder=STAMP, objects_dims=dims[0], events_dims=dims[1],
+                            index=True, params=S.SearchParams(exact_below=1), options=options, progress=not args.smoke)
+            build_s = time.perf_counter() - t0
         similarity_graph(dims[0], dims[1], phrases.shape[1], version / "similarity.onnx")
-        probe_out = run_probe(version, dims, phrases, sentence, SWEEP if not args.smoke else SWEEP[-2:], args.threads,
-                              work)
+        probe_out = median_probe([run_probe(version, dims, phrases, sentence, SWEEP if not args.smoke else SWEEP[-2:],
+                                            args.threads, work) for _ in range(args.repeats)])
         exact = exact_top(version, dims, phrases, sentence) if size <= args.exact_limit else None
         disk = disk_bytes(version)
         without = disk if codes_only else (disk - (version / "seg-000001" / "gallery.safetensors").stat().st_size
@@ -168,6 +186,7 @@ def run_setting(name: str, pool, queries, sizes: list[int], args, work: Path, ro
                    "recall@1": recall(exact, setting["rows"], 1) if exact is not None else None,
                    "recall@10": recall(exact, setting["rows"], 10) if exact is not None else None,
                    "p50_ms": setting["p50_ms"], "p99_ms": setting["p99_ms"], "batch32_qps": setting["batch32_qps"],
+                   "p50_runs_ms": setting["p50_runs_ms"],
                    "peak_rss_gib": probe_out["peak_rss_gib"], "rss_anon_gib": probe_out["rss_anon_gib"],
                    "disk_bytes_per_video": disk / size, "disk_bytes_per_video_without_fp16_objects": without / size,
                    "build_s": build_s, "load_s": probe_out["load_s"]}
@@ -178,7 +197,7 @@ def run_setting(name: str, pool, queries, sizes: list[int], args, work: Path, ro
                     row["t2v_r1_exact"] = float(np.mean([ids[e[0]] == t for e, t in zip(exact, truth_ids)]))
             rows_out.append(row)
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
-        if not args.keep:
+        if not (args.keep or reused):
             shutil.rmtree(version)
         report(rows_out, args.out, args.note)
 
@@ -201,7 +220,7 @@ def report(rows: list[dict], out: Path, note: str) -> None:
                      f"{fmt(r['recall@10'], '.3f')} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
                      f"{fmt(r['batch32_qps'], '.1f')} | {r['peak_rss_gib']:.2f} ({r['rss_anon_gib']:.2f}) | "
                      f"{r['disk_bytes_per_video']:,.0f} | "
-                     f"{r['build_s']:.0f} | {r['load_s']:.1f} |")
+                     f"{fmt(r['build_s'], '.0f')} | {r['load_s']:.1f} |")
     r1 = [r for r in rows if "t2v_r1_two_stage" in r]
     if r1:
         lines += ["", "Ground-truth t2v R@1 of the test captions (their videos are in every gallery):", ""]
@@ -243,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the built versions")
+    parser.add_argument("--reuse", action="store_true", help="probe the versions an earlier --keep run left in "
+                        "--workdir instead of building them again (their build time is then not measured)")
+    parser.add_argument("--repeats", type=int, default=1, help="probe runs per version; latencies are their medians "
+                        "(one run of a latency moves by up to a third on a shared machine)")
     parser.add_argument("--smoke", action="store_true", help="both settings at a few hundred videos (the test suite)")
     parser.add_argument("--probe", type=Path, help=argparse.SUPPRESS)
     for hidden in ("--dims", "--sweep", "--result", "--queries-file"):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+from prost.gallery import store as S
 from prost.gallery.engine import bf16_unavailable
 
 ROOT = Path(__file__).parents[1]
@@ -27,19 +29,34 @@ def test_search_benchmark_agrees_with_in_process_search(tmp_path):
 
 
 def test_scale_benchmark_smoke_writes_its_table_and_plot(tmp_path):
-    """bench/scale.py --smoke: both settings at 300 videos, two-stage against exact, a table and a PNG."""
-    out = tmp_path / "scale"
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "scale.py"), "--smoke", "--out", str(out),
-                             "--workdir", str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
+    """bench/scale.py --smoke: both settings at 300 videos, two-stage against exact, a table and a PNG; then the kept
+    vit-b-32 version probed again (--reuse) twice (--repeats), its latencies the runs' medians."""
+    out, scale = tmp_path / "scale", [sys.executable, str(ROOT / "bench" / "scale.py"), "--smoke"]
+    result = subprocess.run([*scale, "--out", str(out), "--workdir", str(tmp_path / "work"), "--keep"],
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads((out / "report.json").read_text())
     assert {r["setting"] for r in rows} == {"tiny", "vit-b-32"}
     for row in rows:
         assert row["recall@10"] >= 0.9  # 300 videos, 64+ candidates per source: nearly exhaustive
         assert row["p50_ms"] > 0 and row["peak_rss_gib"] > 0 and row["disk_bytes_per_video"] > 0
+        assert row["build_s"] > 0 and row["p50_runs_ms"] == [row["p50_ms"]]
     assert any("t2v_r1_exact" in r for r in rows)
     assert (out / "recall_latency.png").stat().st_size > 10_000
     assert "| tiny | 300 |" in (out / "report.md").read_text()
+
+    built = (tmp_path / "work" / "vit-b-32-300" / S.GALLERY_FILE).stat().st_mtime_ns
+    result = subprocess.run([*scale, "--out", str(tmp_path / "again"), "--workdir", str(tmp_path / "work"),
+                             "--settings", "vit-b-32", "--reuse", "--repeats", "2"], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "work" / "vit-b-32-300" / S.GALLERY_FILE).stat().st_mtime_ns == built  # not rebuilt
+    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    first = [r for r in rows if r["setting"] == "vit-b-32"]
+    assert [r["recall@10"] for r in again] == [r["recall@10"] for r in first]
+    for row in again:
+        assert row["build_s"] is None and len(row["p50_runs_ms"]) == 2
+        assert row["p50_ms"] == statistics.median(row["p50_runs_ms"])
 
 
 def test_make_bench_smoke_writes_report_targets_and_plots(tmp_path):
