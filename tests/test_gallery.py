@@ -269,6 +269,51 @@ def test_an_older_version_with_an_ivf_events_index_still_searches(random_version
                                   engine(version).search(phrases, sentence, 10, params=every_list).rows)
 
 
+def test_codes_of_centroids_found_elsewhere_are_the_bytes_faiss_writes(random_version):
+    """With faiss-gpu, the build finds each object's coarse centroid on the GPUs and encodes with it
+    (`Codec.encode_assigned`): given the centroids faiss's CPU assignment finds, the codes are sa_encode's bytes, and
+    another centroid is the one the code names."""
+    version, _, _ = random_version
+    codec = S.load_version(version, OBJECTS, EVENTS, STAMP).codec
+    vectors = np.asarray(RandomUnit(40, tuple(OBJECTS), tuple(EVENTS), seed=11).objects[:], np.float32)
+    vectors = vectors.reshape(-1, OBJECTS[-1])
+    quantizer = S.faiss_module().IndexFlatIP(OBJECTS[-1])
+    quantizer.add(codec.centroids)
+    lists = quantizer.search(vectors, 1)[1][:, 0]
+    np.testing.assert_array_equal(codec.encode_assigned(vectors, lists), codec.index.sa_encode(vectors))
+    other = (lists + 1) % len(codec.centroids)
+    np.testing.assert_array_equal(codec.coarse(codec.encode_assigned(vectors, other)), other)
+    with pytest.raises(ValueError, match="centroid ids"):
+        codec.encode_assigned(vectors, lists + len(codec.centroids))
+
+
+@pytest.mark.skipif(S.on_gpus(S.faiss_module().IndexFlatIP(8)) is None,
+                    reason="faiss sees no GPU: the build's GPU k-means and assignment need faiss-gpu (the gpu extra) "
+                           "and a GPU")
+def test_a_build_on_gpus_trains_and_encodes_as_the_cpu_does(monkeypatch):
+    """Where faiss sees GPUs, k-means and coarse assignment run there: the centroids fit the sample as well as the
+    CPU's (PROST_FAISS_GPU=0), the borrowed GPU index is let go, and the codes are the CPU's where both assign a
+    vector to the same centroid (all but float ties)."""
+    faiss = S.faiss_module()
+    videos = RandomUnit(2000, tuple(OBJECTS), tuple(EVENTS), seed=12)
+    options = B.IndexOptions(objects_lists=64)
+    on_gpus = B.train_index(videos, options, progress=False)[0]
+    assert faiss.extract_index_ivf(on_gpus).clustering_index is None
+    monkeypatch.setenv(S.GPU_SWITCH, "0")
+    on_cpu = S.Codec(B.train_index(videos, options, progress=False)[0], "cpu")
+    assert on_cpu.gpu_quantizer is None
+    monkeypatch.delenv(S.GPU_SWITCH)
+    codec = S.Codec(on_gpus, "gpus")
+    vectors = np.asarray(videos.objects[:200], np.float32).reshape(-1, OBJECTS[-1])
+    fit = [float((vectors @ c.centroids.T).max(1).mean()) for c in (codec, on_cpu)]
+    assert fit[0] >= 0.95 * fit[1]
+    assert codec.gpu_quantizer is not None
+    codes, reference = codec.encode(vectors), codec.index.sa_encode(vectors)
+    same = codec.coarse(codes) == codec.coarse(reference)
+    assert same.mean() >= 0.999
+    np.testing.assert_array_equal(codes[same], reference[same])
+
+
 @pytest.fixture(scope="module")
 def bf16_stores(trained, graph, tmp_path_factory):
     """The trained tiny model's prototypes grown to 3000 videos, built with an fp16 and a bf16 object store."""

@@ -131,16 +131,23 @@ def train_index(prototypes: Prototypes, options: IndexOptions, progress: bool = 
                    "train_videos": len(rows), "fp16_objects": options.fp16_objects, "seed": options.seed}
     trained = []
     for factory, sample in ((description["objects_factory"], objects), (description["events_factory"], events)):
-        if progress:
-            print(f"training {factory} on {len(sample):,} vectors", flush=True)
         index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+        clustering = None
         if factory.startswith("IVF"):
             ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
             ivf.cp.seed = options.seed
             ivf.do_polysemous_training = False  # on by default; we never search by Hamming (20x the train time)
+            clustering = S.on_gpus(faiss.IndexFlatIP(d))  # k-means assignment on the GPUs where faiss sees any
+            if clustering is not None:
+                ivf.clustering_index = clustering
         else:
             index.pq.cp.seed = options.seed
+        if progress:
+            print(f"training {factory} on {len(sample):,} vectors{' (k-means on GPU)' if clustering else ''}",
+                  flush=True)
         index.train(sample)
+        if clustering is not None:
+            ivf.clustering_index = None  # a borrowed pointer: not kept past `clustering`
         trained.append(index)
     return trained[0], trained[1], description
 
