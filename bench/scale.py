@@ -165,7 +165,9 @@ def run_setting(name: str, pool, queries, sizes: list[int], args, work: Path, ro
         codes_only = size > args.exact_limit  # vit-b-32 at 1M: the fp16 store would be 147 GB
         reused = args.reuse and (version / S.GALLERY_FILE).is_file()  # kept by an earlier run: probed again
         build_s = None  # not measured for a reused version
-        if not reused:
+        if reused:  # as it was built, whatever this run's limit says
+            codes_only = not S.read_manifest(version)["index"]["fp16_objects"]
+        else:
             shutil.rmtree(version, ignore_errors=True)
             options = (B.IndexOptions(fp16_objects=False, objects_lists=args.codes_only_lists) if codes_only
                        else B.IndexOptions())
@@ -176,7 +178,7 @@ def run_setting(name: str, pool, queries, sizes: list[int], args, work: Path, ro
         similarity_graph(dims[0], dims[1], phrases.shape[1], version / "similarity.onnx")
         probe_out = median_probe([run_probe(version, dims, phrases, sentence, SWEEP if not args.smoke else SWEEP[-2:],
                                             args.threads, work) for _ in range(args.repeats)])
-        exact = exact_top(version, dims, phrases, sentence) if size <= args.exact_limit else None
+        exact = exact_top(version, dims, phrases, sentence) if size <= args.exact_limit and not codes_only else None
         disk = disk_bytes(version)
         without = disk if codes_only else (disk - (version / "seg-000001" / "gallery.safetensors").stat().st_size
                                            + size * np.prod(dims[1]) * 2)  # the store's events stay
@@ -271,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     for hidden in ("--dims", "--sweep", "--result", "--queries-file"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.probe:
         probe(args)
         return 0
