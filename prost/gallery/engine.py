@@ -320,12 +320,12 @@ class GalleryEngine:
         """Per gallery row, the sum of the `weights` of the probed `lists` that hold it (float32; 0 for removed rows
         and rows no probed list holds): one scatter-add per list and segment, so a single pass over the postings gives
         both the listed videos and their pruning score, without a weight per posting."""
-        score = np.zeros(len(self.alive), np.float32)
+        score, weights = np.zeros(len(self.alive), np.float32), weights.astype(np.float32)
         for segment, offset in zip(self.version.segments, self.offsets):
             if not len(segment.ids):
                 continue
             held = score[offset:offset + len(segment.ids)]
-            for c, weight in zip(lists, weights.astype(np.float32)):
+            for c, weight in zip(lists, weights):
                 np.add.at(held, segment.rows[segment.offsets[c]:segment.offsets[c + 1]], weight)
         score[self.removed] = 0
         return score
