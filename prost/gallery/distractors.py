@@ -66,7 +66,7 @@ class RandomUnit(BlockPrototypes):
         for i, row in enumerate(rows):
             x = out[i]
             np.random.default_rng([self.seed, int(row), name == "events"]).standard_normal(x.shape, np.float32, out=x)
-            x /= np.maximum(np.sqrt(np.einsum("...d,...d->...", x, x)), 1e-12)[..., None]
+            x[...] = unit(x)
         return out
 
 
@@ -85,24 +85,29 @@ class Grown(BlockPrototypes):
         super().__init__(ids, self.pool_objects.shape[1:], self.pool_events.shape[1:], seed, block)
 
     def _block(self, lo: int, hi: int, name: str) -> np.ndarray:
-        real = slice(lo, min(hi, self.real))
-        objects, events = [self.pool_objects[real]], [self.pool_events[real]]
+        """Tensor `name` of rows [lo, hi): the random draws of both tensors are made in one order, so objects and
+        events agree whichever is asked for, but only `name` is assembled and normalised."""
+        pool = self.pool_objects if name == "objects" else self.pool_events
+        made = [pool[lo:min(hi, self.real)]]
         n = hi - max(lo, self.real)
         if n > 0:
             rng = np.random.default_rng([self.seed, lo])
             base = rng.integers(self.real, size=n)
-            o = self.pool_objects[base].copy()  # [n, L, No, D]
-            swap = rng.random((n, o.shape[2])) < 0.5
-            donor = rng.integers(self.real, size=(n, o.shape[2]))
-            for j in range(o.shape[2]):
-                o[swap[:, j], :, j] = self.pool_objects[donor[swap[:, j], j], :, j]
-            e = self.pool_events[np.where(rng.random(n) < 0.5, rng.integers(self.real, size=n), base)]
-            d = o.shape[-1]
-            o = unit(o + rng.standard_normal(o.shape, np.float32) * (NOISE / np.sqrt(d)))
-            e = unit(e + rng.standard_normal(e.shape, np.float32) * (NOISE / np.sqrt(d)))
-            objects.append(o)
-            events.append(e)
-        return np.concatenate(objects if name == "objects" else events)
+            slots = self.pool_objects.shape[2]
+            swap = rng.random((n, slots)) < 0.5
+            donor = rng.integers(self.real, size=(n, slots))
+            event_rows = np.where(rng.random(n) < 0.5, rng.integers(self.real, size=n), base)
+            scale = NOISE / np.sqrt(self.pool_objects.shape[-1])
+            noise = rng.standard_normal((n, *self.pool_objects.shape[1:]), np.float32) * scale  # drawn for either
+            if name == "objects":
+                x = self.pool_objects[base]  # [n, L, No, D]
+                for j in range(slots):
+                    x[swap[:, j], :, j] = self.pool_objects[donor[swap[:, j], j], :, j]
+            else:
+                x = self.pool_events[event_rows]
+                noise = rng.standard_normal(x.shape, np.float32) * scale
+            made.append(unit(x + noise))
+        return np.concatenate(made)
 
 
 class _View:
